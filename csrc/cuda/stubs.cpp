@@ -1,0 +1,25 @@
+// Built instead of the .cu files when CUDA is not compiled in (PLAYBOOK_CUDA=OFF or no nvcc):
+// every CUDA entry point raises a clear error; cuda::compiled() is false.
+#include "playbook/check.h"
+#include "playbook/optim.h"
+
+namespace playbook {
+namespace cuda {
+namespace {
+[[noreturn]] void not_compiled(const char* what) {
+  throw std::runtime_error(std::string("playbook was built without CUDA kernels (") + what +
+                           "); rebuild with nvcc available or PLAYBOOK_CUDA=ON");
+}
+}  // namespace
+
+bool compiled() { return false; }
+const char* archs() { return ""; }
+int64_t sumsq_scratch_bytes(const std::vector<TensorDesc>&) { not_compiled("sumsq_scratch_bytes"); }
+void sumsq(const std::vector<TensorDesc>&, double*, double*, void*, int64_t, int, void*) { not_compiled("sumsq"); }
+void finalize_grad_norm(const double*, const ClipArgs&, const StepState&, int, void*) { not_compiled("finalize_grad_norm"); }
+void adam_step(const AdamTensors&, const AdamHyper&, const float*, int, void*) { not_compiled("adam_step"); }
+void nadam_step(const NAdamTensors&, const NAdamHyper&, const float*, int, void*) { not_compiled("nadam_step"); }
+void sgd_step(const SGDTensors&, const SGDHyper&, const float*, int, void*) { not_compiled("sgd_step"); }
+
+}  // namespace cuda
+}  // namespace playbook
