@@ -80,8 +80,11 @@ def _axis_position(hp: Any, value: Any) -> float:
     spec = hp.spec
     if is_ordered(spec) or numeric_values(spec):
         return float(value)
-    values = list(spec.values)
-    return float(values.index(value)) if value in values else math.nan
+    try:
+        return float(spec.index(value)) if hasattr(spec, "index") else float(
+            list(spec.values).index(value))
+    except ValueError:
+        return math.nan
 
 
 def _setup_x_axis(ax: Any, hp: Any) -> None:

@@ -1,0 +1,323 @@
+"""The ``playbook`` command line: experiment tracking for tuning studies (playbook 6.3).
+
+Commands::
+
+    playbook study list   [--storage URL]                      # the 6.3 tracking table
+    playbook study show   NAME [--storage URL]                 # config, warnings, trials
+    playbook study plot   NAME [--storage URL] --out DIR       # PNGs + self-contained HTML
+    playbook study export NAME [--storage URL] --format csv|json [--output FILE]
+
+``--storage`` defaults to the environment variable ``PLAYBOOK_STORAGE``, else
+``sqlite:///studies.db``. An unknown study name exits with status 2 and lists the known names.
+Also runnable as ``python -m playbook.tune.cli``.
+
+``study list`` prints the columns the playbook recommends for tracking (6.3 "Setting up
+experiment tracking"): study name, config summary, notes, number of trials (done/total), best
+value of the study metric, and a reproduction command. The reproduction command is the
+``command`` entry of the study config when the user recorded one (e.g. the training launch
+line); otherwise ``playbook study show NAME --storage URL``, which prints the search space and
+seed that, with the objective, determine every trial (quasi-random search is non-adaptive,
+FAQ 7.5).
+
+Example:
+    $ playbook study list --storage sqlite:///studies.db
+    $ playbook study export resnet-lr --format csv --output trials.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence, TextIO
+
+__all__ = ["main", "build_parser", "trials_to_rows", "study_to_json", "DEFAULT_STORAGE"]
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+_BASE_COLUMNS = ("index", "status", "score", "best_step", "worker", "error",
+                 "created", "started", "finished")
+
+
+class CliError(Exception):
+    """An error reported to the user as ``playbook: error: ...`` with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_storage() -> str:
+    """``$PLAYBOOK_STORAGE`` or ``sqlite:///studies.db``."""
+    return os.environ.get("PLAYBOOK_STORAGE") or DEFAULT_STORAGE
+
+
+def _sqlite_path(url: str) -> Optional[Path]:
+    """File path of a ``sqlite:///`` URL (``None`` for other URLs and in-memory databases)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return None
+    rest = url[len(prefix):]
+    if rest in ("", ":memory:"):
+        return None
+    return Path(rest)
+
+
+def _list_studies(storage: str) -> list:
+    """Studies in ``storage``; a missing SQLite file holds none (and is not created)."""
+    path = _sqlite_path(storage)
+    if path is not None and not path.exists():
+        return []
+    from playbook import tune
+
+    return list(tune.list_studies(storage))
+
+
+def _load(name: str, storage: str) -> Any:
+    studies = _list_studies(storage)
+    for study in studies:
+        if study.name == name:
+            return study
+    known = ", ".join(sorted(s.name for s in studies)) or "(none)"
+    raise CliError(f"unknown study {name!r} in {storage}; known studies: {known}", EXIT_USAGE)
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting helpers (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text table with left-aligned columns separated by two spaces."""
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _truncate(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def config_summary(study: Any, width: int = 48) -> str:
+    """Short config description: ``k=v`` pairs of the config, else the varied parameters."""
+    config = getattr(study, "config", None) or {}
+    items = [f"{k}={v}" for k, v in config.items() if k != "command"]
+    if not items:
+        hps = [h for h in study.space.hyperparameters() if h.varied]
+        items = [f"{len(hps)} params: " + ",".join(h.name for h in hps)]
+    items.append(f"seed={study.seed}")
+    return _truncate("; ".join(items), width)
+
+
+def reproduction_command(study: Any, storage: str) -> str:
+    """``config["command"]`` when recorded, else the ``study show`` command (see module doc)."""
+    config = getattr(study, "config", None) or {}
+    if config.get("command"):
+        return str(config["command"])
+    return f"playbook study show {study.name} --storage {storage}"
+
+
+def trials_to_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
+    """Flat rows of trials: base columns, ``param.<name>`` and ``final.<name>`` columns."""
+    params: list[str] = []
+    finals: list[str] = []
+    for t in trials:
+        params.extend(n for n in t.params if n not in params)
+        finals.extend(n for n in (t.final or {}) if n not in finals)
+    headers = list(_BASE_COLUMNS) + [f"param.{n}" for n in params] + [f"final.{n}" for n in finals]
+    rows = []
+    for t in trials:
+        row = [getattr(t, c) for c in _BASE_COLUMNS]
+        row += [t.params.get(n) for n in params]
+        row += [(t.final or {}).get(n) for n in finals]
+        rows.append(row)
+    return headers, rows
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON value (numpy scalars to Python, non-finite floats to strings)."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def trial_to_dict(trial: Any) -> dict[str, Any]:
+    """A ``TrialRecord`` as a JSON-ready dict (same field names)."""
+    out = {c: getattr(trial, c) for c in _BASE_COLUMNS}
+    out["params"] = dict(trial.params)
+    out["final"] = dict(trial.final or {})
+    return _jsonable(out)
+
+
+def study_to_json(study: Any, *, metrics: bool = False) -> dict[str, Any]:
+    """The study (metadata and trials, optionally per-step metrics) as a JSON-ready dict."""
+    trials = study.trials()
+    out = {
+        "name": study.name,
+        "metric": study.metric,
+        "mode": study.mode,
+        "seed": study.seed,
+        "num_trials": study.num_trials,
+        "notes": study.notes,
+        "config": study.config,
+        "trials": [trial_to_dict(t) for t in trials],
+    }
+    if metrics:
+        for entry, t in zip(out["trials"], trials):
+            entry["metrics"] = [{"step": s, **v} for s, v in study.metrics(t.index)]
+    return _jsonable(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    studies = _list_studies(args.storage)
+    if not studies:
+        print(f"No studies in {args.storage}.", file=out)
+        return EXIT_OK
+    rows = []
+    for s in sorted(studies, key=lambda s: s.name):
+        trials = s.trials()
+        done = sum(t.status in ("complete", "infeasible", "failed") for t in trials)
+        best = s.best_trials(1)
+        rows.append([
+            s.name,
+            config_summary(s),
+            _truncate(s.notes or "", 40),
+            f"{done}/{s.num_trials}",
+            "" if not best else f"{float(best[0].score):.6g} ({s.metric}, {s.mode})",
+            reproduction_command(s, args.storage),
+        ])
+    print(format_table(["name", "config", "notes", "trials", "best", "reproduce"], rows),
+          file=out)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    study = _load(args.name, args.storage)
+    analysis = study.analysis()
+    print(f"Study {study.name}  (metric {study.metric}, mode {study.mode}, seed {study.seed})",
+          file=out)
+    if study.notes:
+        print(f"Notes: {study.notes}", file=out)
+    print(f"Config: {json.dumps(_jsonable(study.config or {}), sort_keys=True)}", file=out)
+    print("Search space:", file=out)
+    for hp in study.space.hyperparameters():
+        cond = "" if hp.condition is None else f"  if {hp.condition[0]}={hp.condition[1]}"
+        print(f"  {hp.key}: {hp.role} {hp.spec!r}{cond}", file=out)
+    counts = analysis.status_counts()
+    print("Status: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + f"; infeasible fraction {analysis.infeasible_fraction:.1%}", file=out)
+    for w in analysis.warnings():
+        print(f"WARNING: {w}", file=out)
+    headers, rows = trials_to_rows(study.trials())
+    keep = [i for i, h in enumerate(headers)
+            if h not in ("worker", "error", "created", "started", "finished")]
+    print(format_table([headers[i] for i in keep], [[r[i] for i in keep] for r in rows]),
+          file=out)
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
+    study = _load(args.name, args.storage)
+    path = study.analysis().report(args.out)
+    print(f"Wrote {path}", file=out)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    study = _load(args.name, args.storage)
+    if args.format == "json":
+        text = json.dumps(study_to_json(study, metrics=args.metrics), indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        headers, rows = trials_to_rows(study.trials())
+        writer.writerow(headers)
+        for row in rows:
+            writer.writerow(["" if v is None else _jsonable(v) for v in row])
+        text = buf.getvalue()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        out.write(text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``playbook`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="playbook", description="Deep Learning Tuning Playbook tools.")
+    top = parser.add_subparsers(dest="group", metavar="COMMAND")
+    top.required = True
+    study = top.add_parser("study", help="inspect tuning studies (playbook 6.3)")
+    sub = study.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    def add(name: str, help_: str, func: Any, named: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        if named:
+            p.add_argument("name", help="study name")
+        p.add_argument("--storage", default=default_storage(),
+                       help="storage URL (default: $PLAYBOOK_STORAGE or sqlite:///studies.db)")
+        p.set_defaults(func=func)
+        return p
+
+    add("list", "tracking table of all studies", cmd_list, named=False)
+    add("show", "config, warnings and trials of a study", cmd_show)
+    p = add("plot", "write PNG plots and an HTML report", cmd_plot)
+    p.add_argument("--out", required=True, help="output directory")
+    p = add("export", "export trials as CSV or JSON", cmd_export)
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", "-o", help="output file (default: stdout)")
+    p.add_argument("--metrics", action="store_true",
+                   help="JSON only: include per-step metrics of every trial")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 error, 2 usage or unknown study)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and usage errors
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args, sys.stdout))
+    except CliError as exc:
+        print(f"playbook: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
