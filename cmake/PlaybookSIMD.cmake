@@ -6,8 +6,8 @@
 # checks. -fno-math-errno lets sqrtf vectorize; -ffp-contract=off keeps every level bit-identical.
 set(PLAYBOOK_SIMD_COMMON_FLAGS -O3 -fno-math-errno -ffp-contract=off -fno-trapping-math)
 
+# Adds the per-level objects of `sources` to the sources of the existing target `target`.
 function(playbook_add_simd_kernels target sources)
-  add_library(${target} OBJECT)
   set(_levels portable)
   if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
     list(APPEND _levels avx2 avx512)
@@ -26,6 +26,4 @@ function(playbook_add_simd_kernels target sources)
     endif()
     target_sources(${target} PRIVATE $<TARGET_OBJECTS:${_lib}>)
   endforeach()
-  string(REPLACE ";" "," _csv "${_levels}")
-  set(PLAYBOOK_SIMD_LEVELS "${_levels}" PARENT_SCOPE)
 endfunction()

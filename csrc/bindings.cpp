@@ -1,0 +1,365 @@
+// The pybind11 module playbook._C: converts Python ints/lists into the core's descriptors.
+//
+// The Python layer (python/playbook/_tensors.py, python/playbook/optim/_base.py) passes
+// data_ptr()s, numels, dtype codes, the device ordinal (-1 for CPU), torch's current CUDA stream
+// and torch.get_num_threads(). Per-step calls go through small "plan" objects that hold what is
+// fixed between steps (numels, dtypes, optimizer-state pointers), so a step converts only the
+// param and grad pointer lists. A grad pointer of 0 means "this param has no grad this step":
+// it contributes nothing to the norm and is not updated (torch.optim semantics).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "playbook/check.h"
+#include "playbook/optim.h"
+#include "playbook/tensor.h"
+
+namespace py = pybind11;
+
+namespace playbook {
+namespace {
+
+using Ptrs = std::vector<int64_t>;
+
+template <typename T>
+T* as_ptr(int64_t p) {
+  return reinterpret_cast<T*>(static_cast<intptr_t>(p));
+}
+
+void* as_stream(int64_t s) { return reinterpret_cast<void*>(static_cast<intptr_t>(s)); }
+
+std::vector<float*> float_ptrs(const Ptrs& ptrs) {
+  std::vector<float*> out(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); ++i) out[i] = as_ptr<float>(ptrs[i]);
+  return out;
+}
+
+// What every per-parameter plan keeps: device, numels and dtypes of its params.
+struct ParamLayout {
+  int device;
+  std::vector<int64_t> numels;
+  std::vector<DType> dtypes;
+
+  ParamLayout(int device_, const Ptrs& numels_, const std::vector<int>& dtypes_) : device(device_) {
+    PLAYBOOK_CHECK(numels_.size() == dtypes_.size(), "got ", numels_.size(), " numels but ",
+                   dtypes_.size(), " dtypes");
+    numels = numels_;
+    dtypes.reserve(dtypes_.size());
+    for (int d : dtypes_) dtypes.push_back(static_cast<DType>(d));
+  }
+
+  size_t size() const { return numels.size(); }
+
+  void check_ptrs(const Ptrs& ptrs, const char* what) const {
+    PLAYBOOK_CHECK(ptrs.size() == numels.size(), "got ", ptrs.size(), " ", what,
+                   " pointers for a plan of ", numels.size(), " params");
+  }
+
+  TensorDesc desc(size_t i, int64_t ptr) const {
+    return TensorDesc{as_ptr<void>(ptr), numels[i], dtypes[i], device};
+  }
+};
+
+// Global-norm pass over the grads of one device.
+class GradNormPlan {
+ public:
+  GradNormPlan(int device, const Ptrs& numels, const std::vector<int>& dtypes)
+      : layout_(device, numels, dtypes) {}
+
+  int64_t scratch_bytes() const {
+    if (layout_.device == kCPUDevice) return 0;
+    std::vector<TensorDesc> descs(layout_.size());
+    for (size_t i = 0; i < descs.size(); ++i) descs[i] = layout_.desc(i, 1);  // any non-null
+    return cuda::sumsq_scratch_bytes(descs);
+  }
+
+  void sumsq(const Ptrs& grad_ptrs, int64_t per_tensor_ptr, int64_t total_ptr, int num_threads,
+             int64_t scratch_ptr, int64_t scratch_bytes, int64_t stream) const {
+    layout_.check_ptrs(grad_ptrs, "grad");
+    std::vector<TensorDesc> descs(layout_.size());
+    for (size_t i = 0; i < descs.size(); ++i) {
+      descs[i] = layout_.desc(i, grad_ptrs[i]);
+      if (grad_ptrs[i] == 0) descs[i].numel = 0;  // no grad this step
+    }
+    if (layout_.device == kCPUDevice) {
+      cpu::sumsq(descs, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads);
+    } else {
+      cuda::sumsq(descs, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr),
+                  as_ptr<void>(scratch_ptr), scratch_bytes, layout_.device, as_stream(stream));
+    }
+  }
+
+ private:
+  ParamLayout layout_;
+};
+
+void finalize_grad_norm(int device, int64_t total_ptr, float max_norm, bool skip_nonfinite,
+                        int64_t grad_scale_ptr, int64_t found_inf_ptr, int64_t values_ptr,
+                        int64_t counters_ptr, int64_t history_ptr, int64_t history_size,
+                        int64_t stream) {
+  ClipArgs args;
+  args.max_norm = max_norm;
+  args.skip_nonfinite = skip_nonfinite;
+  args.grad_scale = as_ptr<const float>(grad_scale_ptr);
+  args.found_inf = as_ptr<float>(found_inf_ptr);
+  StepState state{as_ptr<float>(values_ptr), as_ptr<int64_t>(counters_ptr), as_ptr<float>(history_ptr),
+                  history_size};
+  if (device == kCPUDevice) {
+    cpu::finalize_grad_norm(as_ptr<const double>(total_ptr), args, state);
+  } else {
+    cuda::finalize_grad_norm(as_ptr<const double>(total_ptr), args, state, device, as_stream(stream));
+  }
+}
+
+// Indices of the params that have a grad this step (grad pointer != 0).
+std::vector<size_t> active(const Ptrs& grad_ptrs) {
+  std::vector<size_t> idx;
+  idx.reserve(grad_ptrs.size());
+  for (size_t i = 0; i < grad_ptrs.size(); ++i) {
+    if (grad_ptrs[i] != 0) idx.push_back(i);
+  }
+  return idx;
+}
+
+class AdamPlan {
+ public:
+  AdamPlan(int device, const Ptrs& numels, const std::vector<int>& dtypes, const Ptrs& exp_avgs,
+           const Ptrs& exp_avg_sqs, const Ptrs& max_exp_avg_sqs, const Ptrs& steps)
+      : layout_(device, numels, dtypes), exp_avgs_(float_ptrs(exp_avgs)),
+        exp_avg_sqs_(float_ptrs(exp_avg_sqs)), max_exp_avg_sqs_(float_ptrs(max_exp_avg_sqs)),
+        steps_(float_ptrs(steps)) {
+    check_state_list(exp_avgs_, layout_.size(), "exp_avg");
+    check_state_list(exp_avg_sqs_, layout_.size(), "exp_avg_sq");
+    check_state_list(steps_, layout_.size(), "step");
+    PLAYBOOK_CHECK(max_exp_avg_sqs_.empty() || max_exp_avg_sqs_.size() == layout_.size(),
+                   "got ", max_exp_avg_sqs_.size(), " max_exp_avg_sq tensors for ", layout_.size(), " params");
+  }
+
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
+            float beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
+            int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
+    layout_.check_ptrs(param_ptrs, "param");
+    layout_.check_ptrs(grad_ptrs, "grad");
+    PLAYBOOK_CHECK(!amsgrad || !max_exp_avg_sqs_.empty(), "amsgrad=True but the plan has no max_exp_avg_sq state");
+    AdamTensors t;
+    for (size_t i : active(grad_ptrs)) {
+      t.params.push_back(layout_.desc(i, param_ptrs[i]));
+      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
+      t.exp_avgs.push_back(exp_avgs_[i]);
+      t.exp_avg_sqs.push_back(exp_avg_sqs_[i]);
+      if (amsgrad) t.max_exp_avg_sqs.push_back(max_exp_avg_sqs_[i]);
+      t.steps.push_back(steps_[i]);
+    }
+    AdamHyper h;
+    h.lr = lr;
+    h.lr_ptr = as_ptr<const float>(lr_ptr);
+    h.beta1 = beta1;
+    h.beta2 = beta2;
+    h.eps = eps;
+    h.weight_decay = weight_decay;
+    h.decoupled_weight_decay = decoupled;
+    h.amsgrad = amsgrad;
+    h.maximize = maximize;
+    h.variant = static_cast<Variant>(variant);
+    const float* values = as_ptr<const float>(step_values_ptr);
+    if (layout_.device == kCPUDevice) {
+      cpu::adam_step(t, h, values, num_threads);
+    } else {
+      cuda::adam_step(t, h, values, layout_.device, as_stream(stream));
+    }
+  }
+
+ private:
+  ParamLayout layout_;
+  std::vector<float*> exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_, steps_;
+};
+
+class NAdamPlan {
+ public:
+  NAdamPlan(int device, const Ptrs& numels, const std::vector<int>& dtypes, const Ptrs& exp_avgs,
+            const Ptrs& exp_avg_sqs, const Ptrs& mu_products, const Ptrs& steps)
+      : layout_(device, numels, dtypes), exp_avgs_(float_ptrs(exp_avgs)),
+        exp_avg_sqs_(float_ptrs(exp_avg_sqs)), mu_products_(float_ptrs(mu_products)),
+        steps_(float_ptrs(steps)) {
+    check_state_list(exp_avgs_, layout_.size(), "exp_avg");
+    check_state_list(exp_avg_sqs_, layout_.size(), "exp_avg_sq");
+    check_state_list(mu_products_, layout_.size(), "mu_product");
+    check_state_list(steps_, layout_.size(), "step");
+  }
+
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
+            float beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
+            bool maximize, int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
+    layout_.check_ptrs(param_ptrs, "param");
+    layout_.check_ptrs(grad_ptrs, "grad");
+    NAdamTensors t;
+    for (size_t i : active(grad_ptrs)) {
+      t.params.push_back(layout_.desc(i, param_ptrs[i]));
+      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
+      t.exp_avgs.push_back(exp_avgs_[i]);
+      t.exp_avg_sqs.push_back(exp_avg_sqs_[i]);
+      t.mu_products.push_back(mu_products_[i]);
+      t.steps.push_back(steps_[i]);
+    }
+    NAdamHyper h;
+    h.lr = lr;
+    h.lr_ptr = as_ptr<const float>(lr_ptr);
+    h.beta1 = beta1;
+    h.beta2 = beta2;
+    h.eps = eps;
+    h.weight_decay = weight_decay;
+    h.momentum_decay = momentum_decay;
+    h.decoupled_weight_decay = decoupled;
+    h.maximize = maximize;
+    h.variant = static_cast<Variant>(variant);
+    const float* values = as_ptr<const float>(step_values_ptr);
+    if (layout_.device == kCPUDevice) {
+      cpu::nadam_step(t, h, values, num_threads);
+    } else {
+      cuda::nadam_step(t, h, values, layout_.device, as_stream(stream));
+    }
+  }
+
+ private:
+  ParamLayout layout_;
+  std::vector<float*> exp_avgs_, exp_avg_sqs_, mu_products_, steps_;
+};
+
+class SGDPlan {
+ public:
+  SGDPlan(int device, const Ptrs& numels, const std::vector<int>& dtypes, const Ptrs& momentum_buffers,
+          const Ptrs& steps)
+      : layout_(device, numels, dtypes), momentum_buffers_(float_ptrs(momentum_buffers)),
+        steps_(float_ptrs(steps)) {
+    check_state_list(steps_, layout_.size(), "step");
+    PLAYBOOK_CHECK(momentum_buffers_.empty() || momentum_buffers_.size() == layout_.size(), "got ",
+                   momentum_buffers_.size(), " momentum_buffer tensors for ", layout_.size(), " params");
+  }
+
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float momentum,
+            float dampening, float weight_decay, bool nesterov, bool maximize, int64_t step_values_ptr,
+            int num_threads, int64_t stream) const {
+    layout_.check_ptrs(param_ptrs, "param");
+    layout_.check_ptrs(grad_ptrs, "grad");
+    PLAYBOOK_CHECK(momentum == 0.f || !momentum_buffers_.empty(), "momentum=", momentum,
+                   " but the plan has no momentum buffers");
+    SGDTensors t;
+    for (size_t i : active(grad_ptrs)) {
+      t.params.push_back(layout_.desc(i, param_ptrs[i]));
+      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
+      if (momentum != 0.f) t.momentum_buffers.push_back(momentum_buffers_[i]);
+      t.steps.push_back(steps_[i]);
+    }
+    SGDHyper h;
+    h.lr = lr;
+    h.lr_ptr = as_ptr<const float>(lr_ptr);
+    h.momentum = momentum;
+    h.dampening = dampening;
+    h.weight_decay = weight_decay;
+    h.nesterov = nesterov;
+    h.maximize = maximize;
+    const float* values = as_ptr<const float>(step_values_ptr);
+    if (layout_.device == kCPUDevice) {
+      cpu::sgd_step(t, h, values, num_threads);
+    } else {
+      cuda::sgd_step(t, h, values, layout_.device, as_stream(stream));
+    }
+  }
+
+ private:
+  ParamLayout layout_;
+  std::vector<float*> momentum_buffers_, steps_;
+};
+
+std::vector<std::string> simd_levels() {
+#ifdef PLAYBOOK_SIMD_X86
+  return {"portable", "avx2", "avx512"};
+#else
+  return {"portable"};
+#endif
+}
+
+// One init_<family> per op family (TransformerEngine pybind.cpp style).
+void init_info(py::module_& m) {
+  m.def("version", [] { return std::string(PLAYBOOK_VERSION); });
+  m.def("cuda_compiled", &cuda::compiled);
+  m.def("cuda_archs", [] { return std::string(cuda::archs()); });
+  m.def("simd_level", [] { return std::string(cpu::simd_level()); });
+  m.def("simd_levels", &simd_levels, "SIMD levels compiled into this build");
+  m.def("set_simd_level", [](const std::string& level) { return cpu::set_simd_level(level.c_str()); },
+        py::arg("level"), "Force a CPU kernel level ('auto' picks the best); False if unsupported here");
+  m.attr("kStepValues") = static_cast<int>(kNumStepValues);
+  m.attr("kCounters") = static_cast<int>(kNumCounters);
+  m.attr("kNormIdx") = static_cast<int>(kNormIdx);
+  m.attr("kGradFactorIdx") = static_cast<int>(kGradFactorIdx);
+  m.attr("kSkipIdx") = static_cast<int>(kSkipIdx);
+  m.attr("kStepsSeenIdx") = static_cast<int>(kStepsSeenIdx);
+  m.attr("kSkippedIdx") = static_cast<int>(kSkippedIdx);
+  m.attr("kClippedIdx") = static_cast<int>(kClippedIdx);
+}
+
+void init_norm(py::module_& m) {
+  py::class_<GradNormPlan>(m, "GradNormPlan")
+      .def(py::init<int, const Ptrs&, const std::vector<int>&>(), py::arg("device"), py::arg("numels"),
+           py::arg("dtypes"))
+      .def("scratch_bytes", &GradNormPlan::scratch_bytes)
+      .def("sumsq", &GradNormPlan::sumsq, py::arg("grad_ptrs"), py::arg("per_tensor_ptr"),
+           py::arg("total_ptr"), py::arg("num_threads"), py::arg("scratch_ptr"), py::arg("scratch_bytes"),
+           py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("finalize_grad_norm", &finalize_grad_norm, py::arg("device"), py::arg("total_ptr"),
+        py::arg("max_norm"), py::arg("skip_nonfinite"), py::arg("grad_scale_ptr"), py::arg("found_inf_ptr"),
+        py::arg("values_ptr"), py::arg("counters_ptr"), py::arg("history_ptr"), py::arg("history_size"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+}
+
+void init_adam(py::module_& m) {
+  py::class_<AdamPlan>(m, "AdamPlan")
+      .def(py::init<int, const Ptrs&, const std::vector<int>&, const Ptrs&, const Ptrs&, const Ptrs&,
+                    const Ptrs&>(),
+           py::arg("device"), py::arg("numels"), py::arg("dtypes"), py::arg("exp_avgs"),
+           py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"), py::arg("steps"))
+      .def("step", &AdamPlan::step, py::arg("param_ptrs"), py::arg("grad_ptrs"), py::arg("lr"),
+           py::arg("lr_ptr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("decoupled"), py::arg("amsgrad"), py::arg("maximize"), py::arg("variant"),
+           py::arg("step_values_ptr"), py::arg("num_threads"), py::arg("stream"),
+           py::call_guard<py::gil_scoped_release>());
+}
+
+void init_nadam(py::module_& m) {
+  py::class_<NAdamPlan>(m, "NAdamPlan")
+      .def(py::init<int, const Ptrs&, const std::vector<int>&, const Ptrs&, const Ptrs&, const Ptrs&,
+                    const Ptrs&>(),
+           py::arg("device"), py::arg("numels"), py::arg("dtypes"), py::arg("exp_avgs"),
+           py::arg("exp_avg_sqs"), py::arg("mu_products"), py::arg("steps"))
+      .def("step", &NAdamPlan::step, py::arg("param_ptrs"), py::arg("grad_ptrs"), py::arg("lr"),
+           py::arg("lr_ptr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("momentum_decay"), py::arg("decoupled"), py::arg("maximize"), py::arg("variant"),
+           py::arg("step_values_ptr"), py::arg("num_threads"), py::arg("stream"),
+           py::call_guard<py::gil_scoped_release>());
+}
+
+void init_sgd(py::module_& m) {
+  py::class_<SGDPlan>(m, "SGDPlan")
+      .def(py::init<int, const Ptrs&, const std::vector<int>&, const Ptrs&, const Ptrs&>(), py::arg("device"),
+           py::arg("numels"), py::arg("dtypes"), py::arg("momentum_buffers"), py::arg("steps"))
+      .def("step", &SGDPlan::step, py::arg("param_ptrs"), py::arg("grad_ptrs"), py::arg("lr"),
+           py::arg("lr_ptr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
+           py::arg("nesterov"), py::arg("maximize"), py::arg("step_values_ptr"), py::arg("num_threads"),
+           py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace
+}  // namespace playbook
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "playbook's compiled core (torch-agnostic C++/CUDA kernels)";
+  py::register_exception<playbook::ValueError>(m, "CoreValueError", PyExc_ValueError);
+  playbook::init_info(m);
+  playbook::init_norm(m);
+  playbook::init_adam(m);
+  playbook::init_nadam(m);
+  playbook::init_sgd(m);
+}

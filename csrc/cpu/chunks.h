@@ -1,0 +1,44 @@
+// Splitting tensor lists into fixed-size chunks (driver side; not compiled per ISA).
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "playbook/tensor.h"
+
+namespace playbook {
+namespace cpu {
+
+inline std::vector<Chunk> make_chunks(const std::vector<TensorDesc>& tensors) {
+  std::vector<Chunk> chunks;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    for (int64_t b = 0; b < tensors[i].numel; b += kChunkSize) {
+      const int64_t size = tensors[i].numel - b < kChunkSize ? tensors[i].numel - b : kChunkSize;
+      chunks.push_back(Chunk{static_cast<int32_t>(i), b, size});
+    }
+  }
+  return chunks;
+}
+
+// Address of element `offset` of tensor t.
+inline void* element_ptr(const TensorDesc& t, int64_t offset) {
+  return static_cast<char*>(t.data) + offset * dtype_size(t.dtype);
+}
+
+// Chunks below this many elements in total run on the calling thread only: waking the pool
+// costs more than the work.
+constexpr int64_t kMinParallelElements = 1 << 16;
+
+inline int threads_for(int64_t total_elements, int num_threads) {
+  return total_elements < kMinParallelElements ? 1 : num_threads;
+}
+
+inline int64_t total_numel(const std::vector<TensorDesc>& tensors) {
+  int64_t n = 0;
+  for (const TensorDesc& t : tensors) n += t.numel;
+  return n;
+}
+
+}  // namespace cpu
+}  // namespace playbook

@@ -1,0 +1,58 @@
+// Adam/AdamW update of one chunk, compiled once per SIMD level (NOTE: [SIMD dispatch]).
+// Formulas: NOTE: [Update formulas] in playbook/optim.h; scalars from csrc/cpu/adam.cpp.
+#include <cstdint>
+
+#include "cpu/kernels.h"
+
+namespace playbook {
+namespace cpu {
+namespace PLAYBOOK_CPU_ISA {
+
+#include "cpu/kernels/kernel_utils.h"
+
+namespace {
+
+template <typename T>
+void adam_impl(T* __restrict p, const T* __restrict g, float* __restrict m, float* __restrict v,
+               float* __restrict vmax, int64_t n, const AdamScalars& s) {
+  const float factor = s.grad_factor, wd = s.weight_decay, decay = s.decay;
+  const float b1 = s.beta1, omb1 = s.one_minus_beta1, b2 = s.beta2, omb2 = s.one_minus_beta2;
+  const float eps = s.eps, step_size = s.step_size, bc2_sqrt = s.bc2_sqrt;
+  const bool low = s.lerp_low, l2 = wd != 0.f, amsgrad = s.amsgrad;
+  for (int64_t i = 0; i < n; ++i) {
+    float param = to_float(p[i]);
+    float grad = to_float(g[i]) * factor;
+    if (l2) grad = grad + wd * param;
+    param = param * decay;
+    const float exp_avg = lerp(m[i], grad, omb1, b1, low);
+    const float exp_avg_sq = v[i] * b2 + omb2 * grad * grad;
+    m[i] = exp_avg;
+    v[i] = exp_avg_sq;
+    float second = exp_avg_sq;
+    if (amsgrad) {
+      second = vmax[i] > exp_avg_sq ? vmax[i] : exp_avg_sq;
+      vmax[i] = second;
+    }
+    const float denom = __builtin_sqrtf(second) / bc2_sqrt + eps;
+    param = param + (-step_size) * exp_avg / denom;
+    p[i] = StoreAs<T>::from(param);
+  }
+}
+
+}  // namespace
+
+void adam_kernel(void* p, const void* g, float* m, float* v, float* vmax, int64_t n, DType dtype,
+                 const AdamScalars& s) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return adam_impl(static_cast<float*>(p), static_cast<const float*>(g), m, v, vmax, n, s);
+    case DType::kBFloat16:
+      return adam_impl(static_cast<Bf16*>(p), static_cast<const Bf16*>(g), m, v, vmax, n, s);
+    case DType::kFloat16:
+      return adam_impl(static_cast<_Float16*>(p), static_cast<const _Float16*>(g), m, v, vmax, n, s);
+  }
+}
+
+}  // namespace PLAYBOOK_CPU_ISA
+}  // namespace cpu
+}  // namespace playbook

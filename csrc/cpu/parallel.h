@@ -1,0 +1,21 @@
+// A small persistent thread pool for the CPU kernels.
+//
+// NOTE: [CPU threads]
+// The Python layer passes torch.get_num_threads() with every call, so playbook never runs more
+// threads than torch is configured for; torch's own pool is idle while an optimizer step runs, so
+// the two never oversubscribe the cores. Work is split into items (fixed-size chunks of tensors)
+// whose results are stored per item, so every result is independent of the thread count.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace playbook {
+namespace cpu {
+
+// Calls fn(item) for every item in [0, num_items), on up to num_threads threads (the calling
+// thread included). Items are handed out dynamically; fn must not throw.
+void parallel_for(int64_t num_items, int num_threads, const std::function<void(int64_t)>& fn);
+
+}  // namespace cpu
+}  // namespace playbook

@@ -1,0 +1,51 @@
+// Fused SGD step (momentum, dampening, Nesterov) on the CPU (NOTE: [Update formulas]).
+#include <vector>
+
+#include "cpu/chunks.h"
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+#include "playbook/check.h"
+#include "playbook/optim.h"
+
+namespace playbook {
+namespace cpu {
+
+void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, int num_threads) {
+  const size_t n = t.params.size();
+  const bool has_momentum = h.momentum != 0.f;
+  check_param_grad_pairs(t.params, t.grads);
+  check_state_list(t.steps, n, "step");
+  if (has_momentum) check_state_list(t.momentum_buffers, n, "momentum_buffer");
+  PLAYBOOK_CHECK(step_values != nullptr, "sgd_step needs the step values buffer");
+  if (n == 0 || step_values[kSkipIdx] != 0.f) return;  // NOTE: [Skipped step]
+
+  const float lr = h.lr_ptr != nullptr ? *h.lr_ptr : h.lr;
+  const float factor = step_values[kGradFactorIdx] * (h.maximize ? -1.f : 1.f);
+  std::vector<SGDScalars> scalars(n);
+  for (size_t i = 0; i < n; ++i) {
+    SGDScalars& s = scalars[i];
+    s.grad_factor = factor;
+    s.weight_decay = h.weight_decay;
+    s.lr = lr;
+    s.momentum = h.momentum;
+    s.one_minus_dampening = static_cast<float>(1.0 - static_cast<double>(h.dampening));
+    s.first = *t.steps[i] == 0.f;
+    s.nesterov = h.nesterov;
+    s.has_momentum = has_momentum;
+  }
+
+  const std::vector<Chunk> chunks = make_chunks(t.params);
+  const KernelTable& k = kernels();
+  parallel_for(static_cast<int64_t>(chunks.size()), threads_for(total_numel(t.params), num_threads),
+               [&](int64_t c) {
+                 const Chunk& ch = chunks[c];
+                 const size_t i = static_cast<size_t>(ch.tensor);
+                 k.sgd(element_ptr(t.params[i], ch.begin), element_ptr(t.grads[i], ch.begin),
+                       has_momentum ? t.momentum_buffers[i] + ch.begin : nullptr, ch.size,
+                       t.params[i].dtype, scalars[i]);
+               });
+  for (size_t i = 0; i < n; ++i) *t.steps[i] += 1.f;
+}
+
+}  // namespace cpu
+}  // namespace playbook
