@@ -121,9 +121,8 @@ def storage_overhead(n_trials: int) -> dict[str, Any]:
     """ms per trial of ``study.run`` with a no-op objective on SQLite (claim+report+complete)."""
     space = tune.SearchSpace({"lr": tune.Real(1e-4, 1e-1, "log"), "wd": tune.Real(0.0, 0.1)})
 
-    def objective(trial: Any) -> float:
-        trial.report(1, {"loss": 0.5})
-        return 0.5
+    def objective(trial: Any) -> None:
+        trial.report(1, loss=0.5)
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/bench.db"

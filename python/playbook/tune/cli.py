@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -138,17 +139,27 @@ def reproduction_command(study: Any, storage: str) -> str:
     return f"playbook study show {study.name} --storage {storage}"
 
 
+def trial_fields(trial: Any) -> list[str]:
+    """Scalar fields of a trial record: the contract's columns, plus any extra dataclass field
+    (e.g. ``attempts``), in declaration order; ``params`` and ``final`` excluded."""
+    if dataclasses.is_dataclass(trial):
+        names = [f.name for f in dataclasses.fields(trial) if f.name not in ("params", "final")]
+        return names + [c for c in _BASE_COLUMNS if c not in names]
+    return list(_BASE_COLUMNS)
+
+
 def trials_to_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
-    """Flat rows of trials: base columns, ``param.<name>`` and ``final.<name>`` columns."""
+    """Flat rows of trials: scalar fields, ``param.<name>`` and ``final.<name>`` columns."""
+    base = trial_fields(trials[0]) if trials else list(_BASE_COLUMNS)
     params: list[str] = []
     finals: list[str] = []
     for t in trials:
         params.extend(n for n in t.params if n not in params)
         finals.extend(n for n in (t.final or {}) if n not in finals)
-    headers = list(_BASE_COLUMNS) + [f"param.{n}" for n in params] + [f"final.{n}" for n in finals]
+    headers = base + [f"param.{n}" for n in params] + [f"final.{n}" for n in finals]
     rows = []
     for t in trials:
-        row = [getattr(t, c) for c in _BASE_COLUMNS]
+        row = [getattr(t, c, None) for c in base]
         row += [t.params.get(n) for n in params]
         row += [(t.final or {}).get(n) for n in finals]
         rows.append(row)
@@ -170,7 +181,7 @@ def _jsonable(value: Any) -> Any:
 
 def trial_to_dict(trial: Any) -> dict[str, Any]:
     """A ``TrialRecord`` as a JSON-ready dict (same field names)."""
-    out = {c: getattr(trial, c) for c in _BASE_COLUMNS}
+    out = {c: getattr(trial, c, None) for c in trial_fields(trial)}
     out["params"] = dict(trial.params)
     out["final"] = dict(trial.final or {})
     return _jsonable(out)
