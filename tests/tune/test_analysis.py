@@ -329,3 +329,12 @@ def test_plots_return_listed_paths(tmp_path):
                                        "isolation_lr.png", "isolation_wd.png", "curves.png",
                                        "bootstrap.png", "scientific.png"]
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
+
+
+def test_continuous_scientific_values_are_binned():
+    space = SearchSpace({"wd": Real(0.0, 1.0, role="scientific"), "lr": Real(0.0, 1.0)})
+    recs = [Rec(i, {"wd": (i + 0.5) / 10, "lr": 0.5}, "complete", float(i)) for i in range(10)]
+    best = ConstructedStudy(space, recs).analysis().best_per_scientific()
+    assert list(best) == [("[0, 0.2)",), ("[0.2, 0.4)",), ("[0.4, 0.6)",), ("[0.6, 0.8)",),
+                          ("[0.8, 1]",)]
+    assert [t.index for t in best.values()] == [0, 2, 4, 6, 8]

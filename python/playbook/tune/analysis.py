@@ -196,6 +196,23 @@ def default_ks(n: int, max_points: int = 20) -> list[int]:
     return [int(k) for k in grid]
 
 
+SCIENTIFIC_REAL_BINS = 5
+
+
+def scientific_value(hp: Any, value: Any, bins: int = SCIENTIFIC_REAL_BINS) -> Any:
+    """Group label of a scientific value: the value itself, except for a continuous ``Real``
+    scientific hyperparameter, which is cut into ``bins`` equal slices of the unit cube and
+    labelled by the slice's value range (e.g. ``"[0.001, 0.00398)"``)."""
+    spec = hp.spec
+    if value is None or type(spec).__name__ != "Real":
+        return value
+    b = min(bins - 1, max(0, int(float(spec.to_unit(value)) * bins)))
+    lo, hi = spec.from_unit(b / bins), spec.from_unit(min((b + 1) / bins, 1.0))
+    lo, hi = min(lo, hi), max(lo, hi)
+    close = "]" if b == bins - 1 else ")"
+    return f"[{lo:.3g}, {hi:.3g}{close}"
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -435,7 +452,8 @@ class Analysis:
 
     def _group_key(self, trial: Any, hps: Sequence[Any]) -> tuple:
         return tuple(
-            trial.params.get(h.name) if h.active(trial.params) else None for h in hps
+            scientific_value(h, trial.params.get(h.name)) if h.active(trial.params) else None
+            for h in hps
         )
 
     def groups(self) -> dict[tuple, list]:

@@ -180,7 +180,7 @@ def isolation_plot(analysis: Analysis, hp: Any, *, n_buckets: int = 10) -> Figur
     for t in analysis.feasible():
         if not (hp.active(t.params) and hp.name in t.params):
             continue
-        key = tuple(t.params.get(h.name) if h.active(t.params) else None for h in scientific)
+        key = analysis._group_key(t, scientific)
         groups.setdefault(key, []).append(t)
     for key, ts in groups.items():
         ids = _buckets(hp, [t.params[hp.name] for t in ts], n_buckets)
