@@ -1,0 +1,203 @@
+"""The object an objective function receives: params in, training curves out (playbook 6.2, 7.8).
+
+``trial.report(step, **metrics)`` records one point of the training curves. The trial's score is
+the best value of the study metric over every report (and the ``complete(**final)`` values):
+retrospective selection of the best checkpoint (playbook 6.2), with the step where it occurred.
+
+A NaN or infinite value of the study metric, or of any metric whose name contains ``"loss"``,
+makes the trial infeasible (playbook 7.8: a diverged run): ``report`` stores the values, marks the
+trial infeasible and raises :class:`TrialInfeasible` to stop the training loop. The runner
+catches it; objectives should let it propagate.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Mapping
+
+from playbook.tune.storage import Storage
+
+__all__ = ["Trial", "TrialInfeasible", "is_better", "nonfinite_metrics"]
+
+
+class TrialInfeasible(Exception):
+    """Raised by :meth:`Trial.report` when a reported value is NaN/inf (playbook 7.8).
+
+    The runner marks the trial ``infeasible`` (not ``failed``) and moves on to the next trial.
+    """
+
+
+def is_better(a: float, b: float | None, mode: str) -> bool:
+    """Whether score ``a`` beats ``b`` (``None`` is beaten by anything) in ``mode`` min/max."""
+    if b is None:
+        return True
+    return a < b if mode == "min" else a > b
+
+
+def nonfinite_metrics(metrics: Mapping[str, Any], metric: str) -> list[str]:
+    """Names among ``metrics`` whose non-finite value makes a trial infeasible.
+
+    The study metric and every metric whose name contains ``"loss"`` count.
+    """
+    bad = []
+    for name, value in metrics.items():
+        if (name == metric or "loss" in name) and not math.isfinite(value):
+            bad.append(name)
+    return bad
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Metric {name}={value!r} is not a number.") from None
+
+
+class Trial:
+    """One trial being run: point ``index`` of the study's quasi-random sequence.
+
+    Created by :meth:`playbook.tune.Study.run`; objectives receive it as their only argument.
+
+    Attributes:
+        index: Trial index (the Halton point index).
+        params: ``{name: value}`` of the active hyperparameters (flat names).
+        study_name: Name of the study.
+        metric: The study metric (e.g. ``"val_error"``).
+        mode: ``"min"`` or ``"max"``.
+        score: Best value of ``metric`` so far (``None`` before the first report).
+        best_step: Step of :attr:`score`.
+        status: ``"running"`` until :meth:`complete` / :meth:`infeasible` or the runner finishes it.
+
+    Example:
+        >>> def objective(trial):
+        ...     for step in range(0, 1000, 100):
+        ...         err = 1.0 / (1 + step * trial.params["lr"])
+        ...         trial.report(step, val_error=err)
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        params: Mapping[str, Any],
+        study_name: str,
+        metric: str,
+        mode: str,
+        storage: Storage | None,
+        worker: str,
+    ) -> None:
+        self.index = int(index)
+        self.params = dict(params)
+        self.study_name = study_name
+        self.metric = metric
+        self.mode = mode
+        self.worker = worker
+        self.score: float | None = None
+        self.best_step: int | None = None
+        self.status = "running"
+        self.error: str | None = None
+        self.final: dict[str, Any] = {}
+        self._storage = storage
+        self._last_step: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Trial(index={self.index}, params={self.params!r}, status={self.status!r}, score={self.score!r})"
+
+    def _check_running(self, what: str) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"Trial {self.index} is already {self.status}; cannot {what}.")
+
+    def _update_score(self, value: float, step: int | None) -> None:
+        if math.isfinite(value) and is_better(value, self.score, self.mode):
+            self.score = value
+            self.best_step = step
+
+    def report(self, step: int, **metrics: float) -> None:
+        """Record metrics at a training step (one point of each training curve).
+
+        Args:
+            step: Training step (int; steps may repeat, the later value wins).
+            **metrics: ``name=value`` floats, e.g. ``val_error=0.2, train_loss=0.7``.
+
+        Raises:
+            TrialInfeasible: a value of the study metric or of a ``*loss*`` metric is NaN/inf
+                (the values are stored and the trial is marked infeasible first).
+        """
+        self._check_running("report")
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)
+        except TypeError:
+            raise ValueError(f"Trial.report step must be an int, got {step!r}.") from None
+        if not metrics:
+            raise ValueError("Trial.report needs at least one metric, e.g. trial.report(step, val_error=0.2).")
+        values = {name: _as_float(name, v) for name, v in metrics.items()}
+        if self.metric in values:
+            self._update_score(values[self.metric], step)
+        self._last_step = step
+        if self._storage is not None:
+            self._storage.report(
+                self.study_name, self.index, self.worker, step, values, self.score, self.best_step
+            )
+        bad = nonfinite_metrics(values, self.metric)
+        if bad:
+            reason = f"non-finite {', '.join(f'{n}={values[n]}' for n in bad)} at step {step}"
+            self.infeasible(reason)
+            raise TrialInfeasible(reason)
+
+    def complete(self, **final: Any) -> None:
+        """Finish the trial successfully, optionally with final metric values.
+
+        A final value of the study metric takes part in the score (without a step). A non-finite
+        final value of the study metric or of a ``*loss*`` metric makes the trial infeasible.
+        """
+        self._check_running("complete")
+        self.final.update(final)
+        numeric = {k: float(v) for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        bad = nonfinite_metrics(numeric, self.metric)
+        if bad:
+            self.infeasible(f"non-finite final {', '.join(f'{n}={numeric[n]}' for n in bad)}")
+            return
+        if self.metric in final:
+            value = _as_float(self.metric, final[self.metric])
+            if is_better(value, self.score, self.mode):
+                self.score, self.best_step = value, None
+        if self.score is None:
+            self._finish(
+                "failed",
+                f"Trial {self.index} finished without reporting the study metric {self.metric!r} "
+                f"(report it with trial.report(step, {self.metric}=...) or trial.complete({self.metric}=...)).",
+            )
+            return
+        self._finish("complete", None)
+
+    def infeasible(self, reason: str) -> None:
+        """Mark the trial infeasible (diverged, NaN loss, violated constraint; playbook 4.6, 7.8).
+
+        Infeasible trials count in the study's infeasible fraction but never as best trials.
+        The objective should return after calling it.
+        """
+        self._check_running("mark it infeasible")
+        self._finish("infeasible", str(reason))
+
+    def fail(self, error: str) -> None:
+        """Mark the trial failed with ``error`` (the runner does this on exceptions)."""
+        self._check_running("mark it failed")
+        self._finish("failed", str(error))
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self.status = status
+        self.error = error
+        if self._storage is not None:
+            self._storage.finish_trial(
+                self.study_name,
+                self.index,
+                self.worker,
+                status,
+                score=self.score,
+                best_step=self.best_step,
+                error=error,
+                final=self.final,
+            )
