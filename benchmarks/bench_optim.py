@@ -1,0 +1,389 @@
+"""Time one optimizer step of Adam + global-norm clipping (playbook 7.8), playbook vs torch.
+
+What is timed: ``step()`` only. Gradients are fixed random tensors set once per cell (no
+backward). The torch rows with clipping call ``torch.nn.utils.clip_grad_norm_(params, 1.0,
+foreach=...)`` before ``opt.step()`` (that is what a torch user writes); playbook clips inside
+its fused kernels (``max_grad_norm=1.0``). Gradient norms are far above 1.0, so clipping is
+active on every step.
+
+Rows (per device, problem size and dtype):
+    torch for-loop [+ clip]   torch.optim.Adam(foreach=False),  clip_grad_norm_(foreach=False)
+    torch foreach  [+ clip]   torch.optim.Adam(foreach=True),   clip_grad_norm_(foreach=True)
+    torch fused    [+ clip]   torch.optim.Adam(fused=True),     clip_grad_norm_(foreach=True)
+    playbook       [+ clip]   playbook.optim.Adam(max_grad_norm=None / 1.0)
+"torch fused + clip" is the baseline of the ratio column.
+
+Problem sizes: (a) 8M params in 8 tensors, (b) 8M in 400 tensors, (c) 200K in 400 tensors and,
+on the GPU only by default, (d) 100M in 200 tensors.
+
+Bandwidth floor of Adam + clip, bytes per parameter (each byte read or written once, except the
+gradient, read twice: once by the norm pass, once by the update):
+    fp32: param 4 read + 4 write, grad 4 + 4 read, exp_avg 4 + 4, exp_avg_sq 4 + 4   = 32 B
+    bf16: param 2 read + 2 write, grad 2 + 2 read, fp32 exp_avg 8, fp32 exp_avg_sq 8 = 24 B
+(playbook keeps fp32 moments for bf16 params; torch keeps bf16 moments, so its bf16 rows move
+fewer bytes: GB/s below always uses the playbook floor, as a common yardstick.)
+"GB/s" = floor bytes / time; "x floor" = time / (floor bytes / STREAM GB/s), where STREAM GB/s
+is the best of a copy and an in-place axpy on two 64 MB (CPU) / 1 GB (GPU) float32 buffers
+measured in the same run with the same threads (read + write bytes counted), before and after the
+timed cells (the higher of the two is used: the stricter floor).
+
+Usage:
+    python benchmarks/bench_optim.py                 # full run, JSON to bench_results/optim.json
+    python benchmarks/bench_optim.py --quick --sizes b --dtypes fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import env_info, fmt_float, format_table, stream_bandwidth, time_fn, write_json  # noqa: E402
+
+MAX_NORM = 1.0
+LR = 1e-3
+
+# name -> (numel, tensors, description)
+SIZES = {
+    "a": (8_000_000, 8, "8M params / 8 tensors"),
+    "b": (8_000_000, 400, "8M params / 400 tensors"),
+    "c": (200_000, 400, "200K params / 400 tensors"),
+    "d": (100_000_000, 200, "100M params / 200 tensors"),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FLOOR_BYTES = {"fp32": 32, "bf16": 24}  # Adam + clip, per parameter (see the module docstring)
+FLOOR_TEXT = {
+    "fp32": "param 4r+4w, grad 4r x2 (norm + update), exp_avg 4r+4w, exp_avg_sq 4r+4w = 32 B/param",
+    "bf16": "param 2r+2w, grad 2r x2 (norm + update), fp32 exp_avg 4r+4w, fp32 exp_avg_sq 4r+4w = 24 B/param",
+}
+BASELINE = "torch fused + clip"
+PLAYBOOK = "playbook + clip"
+
+
+# --- implementations ------------------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    """One row: ``make(params)`` returns the step callable; ``unavailable(device, dtype)`` returns
+    None when the row can run, else the reason it is "n/a"."""
+
+    name: str
+    make: Callable[[list], Callable[[], None]]
+    unavailable: Callable[[str, torch.dtype], Optional[str]]
+    clip: bool
+
+
+def _torch_impl(mode: str, clip: bool) -> Impl:
+    opt_kw = {"loop": {"foreach": False, "fused": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[mode]
+    clip_foreach = mode != "loop"
+
+    def make(params: list) -> Callable[[], None]:
+        opt = torch.optim.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, **opt_kw)
+        if not clip:
+            return opt.step
+
+        def step() -> None:
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=clip_foreach)
+            opt.step()
+
+        return step
+
+    def unavailable(device: str, dtype: torch.dtype) -> Optional[str]:
+        # Probe once on a tiny tensor: torch raises for device/dtype combos it cannot do.
+        p = torch.nn.Parameter(torch.zeros(4, device=device, dtype=dtype))
+        p.grad = torch.ones_like(p)
+        try:
+            make([p])()
+        except Exception as e:  # noqa: BLE001 - the message is the reason
+            return f"torch: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        return None
+
+    label = {"loop": "torch for-loop", "foreach": "torch foreach", "fused": "torch fused"}[mode]
+    return Impl(label + (" + clip" if clip else ""), make, unavailable, clip)
+
+
+_PLAYBOOK_ERR: Optional[str] = None
+
+
+def _playbook_optim():
+    """Return ``playbook.optim`` or None (the reason kept in _PLAYBOOK_ERR)."""
+    global _PLAYBOOK_ERR
+    try:
+        import playbook.optim as pbo
+
+        pbo.Adam  # noqa: B018 - must exist
+        return pbo
+    except Exception as e:  # noqa: BLE001
+        _PLAYBOOK_ERR = f"playbook.optim not importable: {type(e).__name__}: {e}"
+        return None
+
+
+def _playbook_impl(clip: bool) -> Impl:
+    def make(params: list) -> Callable[[], None]:
+        pbo = _playbook_optim()
+        opt = pbo.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=MAX_NORM if clip else None)
+        return opt.step
+
+    def unavailable(device: str, dtype: torch.dtype) -> Optional[str]:
+        if _playbook_optim() is None:
+            return _PLAYBOOK_ERR
+        if device.startswith("cuda"):
+            import playbook
+
+            try:
+                if not playbook.build_info()["cuda"]:
+                    return "playbook built without CUDA"
+            except Exception as e:  # noqa: BLE001
+                return f"playbook.build_info() failed: {e}"
+        return None
+
+    return Impl("playbook" + (" + clip" if clip else ""), make, unavailable, clip)
+
+
+def all_impls() -> list[Impl]:
+    out = []
+    for mode in ("loop", "foreach", "fused"):
+        out += [_torch_impl(mode, False), _torch_impl(mode, True)]
+    return out + [_playbook_impl(False), _playbook_impl(True)]
+
+
+# --- problem setup --------------------------------------------------------------------------------
+
+
+def make_params(numel: int, ntensors: int, dtype: torch.dtype, device: str, seed: int = 0) -> list:
+    """``ntensors`` parameters totalling ``numel`` elements (sizes equal up to the remainder),
+    each with a fixed random gradient (global norm ~ sqrt(numel) >> MAX_NORM)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    base, rem = divmod(numel, ntensors)
+    params = []
+    for i in range(ntensors):
+        n = base + (1 if i < rem else 0)
+        p = torch.nn.Parameter(0.02 * torch.randn(n, generator=g, device=device, dtype=torch.float32).to(dtype))
+        p.grad = torch.randn(n, generator=g, device=device, dtype=torch.float32).to(dtype)
+        params.append(p)
+    return params
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def run_cell(impl: Impl, device: str, size: str, dtype_name: str, timing_kw: dict) -> dict:
+    numel, ntensors, _ = SIZES[size]
+    dtype = DTYPES[dtype_name]
+    row = {"device": device, "size": size, "dtype": dtype_name, "impl": impl.name, "clip": impl.clip,
+           "numel": numel, "tensors": ntensors, "ms": None, "status": "ok"}
+    why = impl.unavailable(device, dtype)
+    if why is not None:
+        row["status"] = f"n/a: {why}"
+        return row
+    params = make_params(numel, ntensors, dtype, device)
+    try:
+        step = impl.make(params)
+        t = time_fn(step, device, **timing_kw)
+        row["ms"] = t.median_ms
+        row["timing"] = t.to_dict()
+    except Exception as e:  # noqa: BLE001 - keep going, report the failure in the table
+        row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        traceback.print_exc()
+    finally:
+        del params
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return row
+
+
+def add_derived(rows: list, stream: dict) -> None:
+    """Fill ratio vs the baseline, effective GB/s and x floor into each row (in place)."""
+    base = {(r["device"], r["size"], r["dtype"]): r["ms"] for r in rows if r["impl"] == BASELINE}
+    for r in rows:
+        ms = r["ms"]
+        floor_bytes = FLOOR_BYTES[r["dtype"]] * r["numel"]
+        b = base.get((r["device"], r["size"], r["dtype"]))
+        ref = stream[r["device"]]["best_gbps"]
+        floor_ms = floor_bytes / (ref * 1e9) * 1e3
+        r["floor_ms"] = floor_ms
+        r["ratio_vs_baseline"] = (ms / b) if (ms is not None and b) else None
+        r["gbps"] = (floor_bytes / (ms * 1e-3) / 1e9) if ms else None
+        r["x_floor"] = (ms / floor_ms) if ms else None
+        r["pct_of_copy"] = (r["gbps"] / stream[r["device"]]["copy_gbps"]) if ms else None
+
+
+def evaluate_targets(rows: list, dtypes: list, devices: list) -> list:
+    """The issue's performance targets, each PASS / FAIL / n/a, per dtype measured."""
+    def find(device: str, size: str, dtype: str, impl: str) -> Optional[dict]:
+        for r in rows:
+            if (r["device"], r["size"], r["dtype"], r["impl"]) == (device, size, dtype, impl):
+                return r
+        return None
+
+    specs = [
+        ("cpu", "b", "CPU (b) playbook+clip <= 0.5x torch fused+clip", "ratio_vs_baseline", "<=", 0.5),
+        ("cpu", "c", "CPU (c) playbook+clip <= 0.1x torch fused+clip", "ratio_vs_baseline", "<=", 0.1),
+        ("cpu", "a", "CPU (a) playbook+clip within 1.25x of the bandwidth floor", "x_floor", "<=", 1.25),
+        ("cuda", "d", "GPU (d, 100M) playbook+clip >= 85% of copy bandwidth", "pct_of_copy", ">=", 0.85),
+        ("cuda", "d", "GPU (d, 100M) playbook+clip <= 0.75x torch fused+clip", "ratio_vs_baseline", "<=", 0.75),
+    ]
+    out = []
+    for dev, size, text, key, op, limit in specs:
+        if dev not in devices:
+            continue
+        for dt in dtypes:
+            r = find(dev, size, dt, PLAYBOOK)
+            val = r.get(key) if r else None
+            if r is None:
+                status, note = "n/a", f"size {size} not run"
+            elif val is None:
+                status, note = "n/a", r["status"] if r["status"] != "ok" else "baseline n/a"
+            else:
+                ok = val <= limit if op == "<=" else val >= limit
+                status, note = ("PASS" if ok else "FAIL"), ""
+            out.append({"target": f"{text} [{dt}]", "value": val, "limit": f"{op} {limit}", "status": status, "note": note})
+    return out
+
+
+def print_tables(rows: list, stream: dict, targets: list) -> None:
+    for device in dict.fromkeys(r["device"] for r in rows):
+        s = stream[device]
+        print(f"\n== {device}: STREAM copy {s['copy_gbps']:.1f} GB/s, axpy {s['axpy_gbps']:.1f} GB/s "
+              f"({s['nbytes'] >> 20} MB float32 buffers, read+write bytes, best of before/after the cells: "
+              f"{s['before']['best_gbps']:.1f} / {s['after']['best_gbps']:.1f}); floor uses {s['best_gbps']:.1f} GB/s")
+        dev_rows = [dict(r, note="" if r["status"] == "ok" else r["status"][:70]) for r in rows if r["device"] == device]
+        cols = [
+            ("size", "size"),
+            ("dtype", "dtype"),
+            ("impl", "impl"),
+            ("ms", "ms/step", lambda v: fmt_float(v, ".3f")),
+            ("ratio_vs_baseline", "vs fused+clip", lambda v: fmt_float(v, ".2f") + ("x" if v is not None else "")),
+            ("gbps", "GB/s", lambda v: fmt_float(v, ".1f")),
+            ("x_floor", "x floor", lambda v: fmt_float(v, ".2f")),
+            ("note", ""),
+        ]
+        print(format_table(dev_rows, cols))
+    print("\nBandwidth floor of Adam + clip (bytes per parameter):")
+    for k, v in FLOOR_TEXT.items():
+        print(f"  {k}: {v}")
+    print("  GB/s = floor bytes / time for every row (torch bf16 keeps bf16 moments: it moves 16 B/param).")
+    if targets:
+        print()
+        print(format_table(targets, [
+            ("target", "target"),
+            ("value", "measured", lambda v: fmt_float(v, ".3f")),
+            ("limit", "limit"),
+            ("status", "status"),
+            ("note", "", lambda v: (v or "")[:60]),
+        ], title="Targets"))
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few repeats and short cells (smoke run)")
+    ap.add_argument("--sizes", default=None, help="comma list of a,b,c,d (default: a,b,c on CPU, a,b,c,d on GPU)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
+    ap.add_argument("--devices", default=None, help="comma list of cpu,cuda (default: cpu, plus cuda if usable)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed batches per cell (median taken); default 7, quick 3")
+    ap.add_argument("--target-s", type=float, default=None, help="time per cell, seconds; default 0.3, quick 0.05")
+    ap.add_argument("--impls", default=None, help="comma list of substrings selecting rows, e.g. 'fused,playbook'")
+    ap.add_argument("--out", default="bench_results/optim.json", help="JSON output path ('' to skip)")
+    args = ap.parse_args(argv)
+    for name, allowed in (("sizes", SIZES), ("dtypes", DTYPES)):
+        val = getattr(args, name)
+        if val is not None:
+            items = [x.strip() for x in val.split(",") if x.strip()]
+            bad = [x for x in items if x not in allowed]
+            if bad or not items:
+                ap.error(f"--{name}: unknown {bad or val!r}; choose from {sorted(allowed)}")
+            setattr(args, name, items)
+    return args
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """The GPU runs by default when torch sees a GPU and playbook was built with CUDA kernels
+    (``--devices cpu,cuda`` forces it, e.g. for the torch rows alone)."""
+    if not torch.cuda.is_available():
+        return False, "torch.cuda.is_available() is False"
+    try:
+        import playbook
+
+        if not playbook.build_info()["cuda"]:
+            return False, "playbook built without CUDA (pass --devices cpu,cuda for the torch rows)"
+    except Exception as e:  # noqa: BLE001
+        return False, f"playbook.build_info() unavailable ({type(e).__name__}); pass --devices cpu,cuda for torch rows"
+    return True, ""
+
+
+def main(argv: Optional[list] = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    timing_kw = {
+        "repeats": args.repeats or (3 if args.quick else 7),
+        "target_s": args.target_s or (0.05 if args.quick else 0.3),
+        "warmup": 1 if args.quick else 3,
+    }
+    if args.devices:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    else:
+        use_cuda, why = cuda_usable()
+        devices = ["cpu"] + (["cuda"] if use_cuda else [])
+        if not use_cuda and torch.cuda.is_available():
+            print(f"note: GPU present but not benchmarked: {why}")
+    impls = all_impls()
+    if args.impls:
+        keys = [k.strip() for k in args.impls.split(",") if k.strip()]
+        impls = [i for i in impls if any(k in i.name for k in keys) or i.name == BASELINE]
+
+    pb = _playbook_optim()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; "
+          + ("playbook.optim importable" if pb is not None else _PLAYBOOK_ERR))
+
+    stream, rows = {}, []
+    for device in devices:
+        dev = "cuda" if device.startswith("cuda") else "cpu"
+        nbytes = (1 << 30) if dev == "cuda" else (64 << 20)
+        before = stream_bandwidth(device, nbytes, **timing_kw)
+        sizes = args.sizes or (["a", "b", "c", "d"] if dev == "cuda" else ["a", "b", "c"])
+        for size in sizes:
+            for dt in args.dtypes:
+                for impl in impls:
+                    row = run_cell(impl, device, size, dt, timing_kw)
+                    rows.append(row)
+                    ms = fmt_float(row["ms"], ".3f") if row["ms"] is not None else row["status"][:60]
+                    print(f"  {device} {size} {dt:4s} {impl.name:22s} {ms}", flush=True)
+        # Measured before and after the cells (shared machines drift); the floor uses the best.
+        after = stream_bandwidth(device, nbytes, **timing_kw)
+        stream[device] = {k: max(before[k], after[k]) for k in ("copy_gbps", "axpy_gbps", "best_gbps")}
+        stream[device].update(nbytes=before["nbytes"], before=before, after=after)
+    add_derived(rows, stream)
+    targets = evaluate_targets(rows, args.dtypes, devices)
+    print_tables(rows, stream, targets)
+
+    payload = {
+        "benchmark": "optim",
+        "env": env_info({"threads": torch.get_num_threads(), "timing": timing_kw}),
+        "max_grad_norm": MAX_NORM,
+        "sizes": {k: {"numel": v[0], "tensors": v[1], "desc": v[2]} for k, v in SIZES.items()},
+        "floor_bytes_per_param": FLOOR_BYTES,
+        "floor_text": FLOOR_TEXT,
+        "baseline": BASELINE,
+        "stream": stream,
+        "results": rows,
+        "targets": targets,
+    }
+    if args.out:
+        write_json(args.out, payload)
+        print(f"\nwrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
