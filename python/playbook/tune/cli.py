@@ -120,13 +120,16 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def config_summary(study: Any, width: int = 48) -> str:
-    """Short config description: ``k=v`` pairs of the config, else the varied parameters."""
+_SUMMARY_SKIP = ("space", "notes", "version", "seed", "command", "num_trials")
+
+
+def config_summary(study: Any, width: int = 60) -> str:
+    """Short config description: the varied parameters, the other config entries and the seed
+    (the stored space, notes and version are left out: ``study show`` prints them)."""
     config = getattr(study, "config", None) or {}
-    items = [f"{k}={v}" for k, v in config.items() if k != "command"]
-    if not items:
-        hps = [h for h in study.space.hyperparameters() if h.varied]
-        items = [f"{len(hps)} params: " + ",".join(h.name for h in hps)]
+    hps = [h for h in study.space.hyperparameters() if h.varied]
+    items = [f"{len(hps)} params: " + ",".join(h.name for h in hps)]
+    items += [f"{k}={v}" for k, v in config.items() if k not in _SUMMARY_SKIP]
     items.append(f"seed={study.seed}")
     return _truncate("; ".join(items), width)
 
@@ -241,7 +244,8 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
           file=out)
     if study.notes:
         print(f"Notes: {study.notes}", file=out)
-    print(f"Config: {json.dumps(_jsonable(study.config or {}), sort_keys=True)}", file=out)
+    config = {k: v for k, v in (study.config or {}).items() if k != "space"}
+    print(f"Config: {json.dumps(_jsonable(config), sort_keys=True)}", file=out)
     print("Search space:", file=out)
     for hp in study.space.hyperparameters():
         cond = "" if hp.condition is None else f"  if {hp.condition[0]}={hp.condition[1]}"
