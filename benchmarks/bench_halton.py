@@ -129,7 +129,7 @@ def storage_overhead(n_trials: int) -> dict[str, Any]:
         study = tune.Study.create("bench", space, metric="loss", mode="min", seed=0,
                                   num_trials=n_trials, storage=storage)
         start = time.perf_counter()
-        study.run(objective)
+        study.run(objective, progress=False)
         elapsed = time.perf_counter() - start
         done = sum(t.status == "complete" for t in study.trials())
     if done != n_trials:
