@@ -14,7 +14,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("optim", "stats", "tune", "nn", "ckpt", "schedules")
+_SUBMODULES = ("optim", "stats", "tune", "amp", "nn", "ckpt", "schedules")
 
 
 def build_info() -> dict[str, Any]:

@@ -1,0 +1,603 @@
+"""Machinery shared by playbook's fused optimizers.
+
+NOTE: [Fused step]
+One ``step()`` is three calls into the compiled core and no host synchronization
+(csrc/include/playbook/optim.h, NOTE: [Step pipeline]):
+
+1. per device, the sum of squares of every gradient (per tensor and in total, float64);
+2. on the first device, the global norm, the clip factor, the skip flag, the norm history and the
+   counters (``_GradNormState``);
+3. per (param group, device), the fused update, which reads the clip factor and the skip flag
+   from device memory.
+
+What does not change between steps (numels, dtypes, optimizer-state pointers) lives in "plans"
+(``_DevicePlan``, ``_C.*Plan``), rebuilt only when the params, their storage or their state change.
+A step only collects the param and grad pointers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+from playbook import _C
+from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_handle
+
+_is_contiguous = torch.Tensor.is_contiguous
+
+
+def _check_lr(lr: Any) -> None:
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must have one element, got shape {tuple(lr.shape)}")
+        return
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def _check_beta(betas: Any) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}, expected a pair (beta1, beta2)")
+    out = []
+    for i, b in enumerate(betas):
+        b = float(b)
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        out.append(b)
+    return out[0], out[1]
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant: {variant!r}. It needs to be one of {list(VARIANTS)}")
+
+
+VARIANTS = {"torch": 0, "playbook": 1}
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Contiguous in some memory format: the kernels walk such a tensor as a flat array."""
+    if t.is_contiguous():
+        return True
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@dataclass
+class _DevicePlan:
+    """Params of one param group on one device that have optimizer state."""
+
+    device: torch.device
+    params: list[torch.Tensor]
+    stateless: list[torch.Tensor]  # params of this group/device with no grad yet (no state)
+    param_ptrs: list[int]
+    numels: list[int]
+    dtypes: list[int]
+    plan: Any  # _C.AdamPlan / NAdamPlan / SGDPlan
+    buffer_keys: tuple[str, ...]  # the state buffers the plan was built with
+    all_contiguous: bool  # False: grads need the per-step stride check (channels_last params)
+
+
+@dataclass
+class _GroupCache:
+    params: list  # the group's params list object (identity checked)
+    length: int
+    devices: list[_DevicePlan]
+
+
+@dataclass
+class _NormPlan:
+    """Sum-of-squares plan over every grad on one device (all groups, in step order)."""
+
+    version: int
+    plan: Any
+    per_tensor: torch.Tensor  # float64 [n]
+    total: torch.Tensor  # float64 [1]
+    scratch: torch.Tensor | None
+
+
+@dataclass
+class _GradNormState:
+    """Step state on the first device: NOTE: [Step state] in playbook/optim.h."""
+
+    values: torch.Tensor  # float32 [3]: norm, grad factor, skip flag
+    counters: torch.Tensor  # int64 [3]: steps seen, skipped, clipped
+    history: torch.Tensor  # float32 [history]
+
+
+@dataclass
+class _LastStep:
+    norm_plans: list[tuple[_NormPlan, list[torch.Tensor], list[int]]] = field(default_factory=list)
+    grad_scale: torch.Tensor | None = None
+
+
+class FusedOptimizer(Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose step runs playbook's fused kernels.
+
+    Subclasses define ``_buffer_keys(group)`` (fp32 state tensors shaped like the param),
+    ``_scalar_defaults`` (fp32 scalar state and its initial value), ``_make_plan`` and
+    ``_run_plan``.
+    """
+
+    _step_supports_amp_scaling = True
+    _scalar_defaults: dict[str, float] = {"step": 0.0}
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        max_grad_norm: float | None,
+        skip_nonfinite: bool,
+        history: int,
+    ) -> None:
+        self._gn: _GradNormState | None = None
+        self._groups: dict[int, _GroupCache] = {}
+        self._norm_plans: dict[torch.device, _NormPlan] = {}
+        self._layout_version = 0
+        self._last = _LastStep()
+        self._pending_stats: dict[str, Any] | None = None
+        self.max_grad_norm = max_grad_norm
+        self.skip_nonfinite = bool(skip_nonfinite)
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ValueError(f"Invalid history: {history!r}, expected an int >= 1 (steps of grad norms to keep)")
+        self._history = history
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Clip threshold for the global gradient norm (playbook 7.8); None disables clipping."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Invalid max_grad_norm: {value!r}, expected a positive float or None")
+            if not (value > 0.0) or math.isnan(value):
+                raise ValueError(f"Invalid max_grad_norm: {value}, expected > 0 (or None to disable clipping)")
+            value = float(value)
+        self._max_grad_norm = value
+
+    @property
+    def history(self) -> int:
+        """Capacity of the ring buffer of per-step gradient norms."""
+        return self._history
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_playbook_settings"] = {
+            "max_grad_norm": self._max_grad_norm,
+            "skip_nonfinite": self.skip_nonfinite,
+            "history": self._history,
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        settings = state.pop("_playbook_settings", None)
+        super().__setstate__(state)
+        if settings is not None:
+            self._max_grad_norm = settings["max_grad_norm"]
+            self.skip_nonfinite = settings["skip_nonfinite"]
+            self._history = settings["history"]
+        for name, default in (("_gn", None), ("_pending_stats", None), ("_layout_version", 0)):
+            if not hasattr(self, name):
+                setattr(self, name, default)
+        self._groups = {}
+        self._norm_plans = {}
+        self._last = _LastStep()
+        for group in self.param_groups:
+            for key, value in self._group_defaults().items():
+                group.setdefault(key, value)
+
+    def _group_defaults(self) -> dict[str, Any]:
+        """Keys a group loaded from a torch.optim state dict may lack."""
+        return {"variant": "torch", "capturable": False, "maximize": False}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_groups"):
+            self._invalidate()
+
+    # ------------------------------------------------------------------ family hooks
+    def _buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _make_plan(self, device: int, numels: list[int], dtypes: list[int], states: list[dict], group: dict) -> Any:
+        raise NotImplementedError
+
+    def _run_plan(
+        self, dp: _DevicePlan, group: dict, param_ptrs: list[int], grad_ptrs: list[int],
+        lr: float, lr_ptr: int, values_ptr: int, threads: int, stream: int,
+    ) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        """Fill in whatever state ``p`` lacks (fresh params, or groups loaded from torch)."""
+        state = self.state[p]
+        for key, value in self._scalar_defaults.items():  # before the buffers: may look at them
+            if state.get(key) is None:
+                state[key] = torch.full((), self._initial_scalar(key, value, state), dtype=torch.float32, device=p.device)
+        for key in self._buffer_keys(group):
+            if state.get(key) is None:
+                state[key] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+
+    def _initial_scalar(self, key: str, default: float, state: dict[str, Any]) -> float:
+        return default
+
+    def _invalidate(self) -> None:
+        self._groups = {}
+        self._norm_plans = {}
+        self._layout_version += 1
+
+    def _validate_group(self, group: dict[str, Any], gi: int) -> None:
+        """Check a group's hyperparameters (groups passed as dicts bypass ``__init__``'s checks)."""
+
+    def _validate_param(self, p: torch.Tensor, gi: int, pi: int) -> None:
+        where = f"param {pi} of param group {gi}"
+        dtype_code(p.dtype, where)
+        device_index(p.device)
+        if p.is_sparse:
+            raise TypeError(f"{where} is sparse; playbook's optimizers take dense params")
+        if not _dense(p):
+            raise ValueError(
+                f"{where} is not contiguous (shape {tuple(p.shape)}, stride {p.stride()}); "
+                "make it contiguous before creating the optimizer"
+            )
+        g = p.grad
+        if g is not None:
+            self._validate_grad(p, g, where)
+
+    @staticmethod
+    def _validate_grad(p: torch.Tensor, g: torch.Tensor, where: str) -> None:
+        if g.is_sparse or g.layout != torch.strided:
+            raise TypeError(
+                f"grad of {where} is sparse (layout {g.layout}); playbook's optimizers take dense grads "
+                "(use torch.optim.SparseAdam for sparse embeddings)"
+            )
+        if g.is_complex():
+            raise TypeError(f"grad of {where} is complex ({g.dtype}); playbook's kernels take real dtypes")
+        if g.stride() != p.stride() and not (g.is_contiguous() and p.is_contiguous()):
+            raise ValueError(
+                f"grad of {where} has stride {g.stride()} but its param has stride {p.stride()}; "
+                "playbook's kernels need grads laid out like their params (call .contiguous() on both)"
+            )
+
+    def _build_group(self, gi: int, group: dict[str, Any]) -> _GroupCache:
+        params = group["params"]
+        self._validate_group(group, gi)
+        for pi, p in enumerate(params):  # validate everything before touching any state
+            self._validate_param(p, gi, pi)
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for p in params:
+            by_device.setdefault(p.device, []).append(p)
+        devices = []
+        for device, ps in by_device.items():
+            with_state, stateless = [], []
+            for p in ps:
+                if self.state.get(p) or p.grad is not None:
+                    self._init_state(p, group)
+                    with_state.append(p)
+                else:
+                    stateless.append(p)
+            numels = [p.numel() for p in with_state]
+            dtypes = [dtype_code(p.dtype, "param") for p in with_state]
+            states = [self.state[p] for p in with_state]
+            for p, st in zip(with_state, states):
+                for key in self._buffer_keys(group):
+                    buf = st[key]
+                    if buf.shape != p.shape or buf.dtype != torch.float32 or buf.device != p.device or buf.stride() != p.stride():
+                        raise ValueError(
+                            f"optimizer state {key!r} of a param of shape {tuple(p.shape)} on {p.device} has "
+                            f"shape {tuple(buf.shape)}, dtype {buf.dtype}, device {buf.device}; expected float32 "
+                            "laid out like the param"
+                        )
+            plan = self._make_plan(device_index(device), numels, dtypes, states, group)
+            devices.append(_DevicePlan(
+                device, with_state, stateless, [p.data_ptr() for p in with_state], numels, dtypes, plan,
+                self._buffer_keys(group), all(p.is_contiguous() for p in with_state),
+            ))
+        cache = _GroupCache(params, len(params), devices)
+        self._groups[gi] = cache
+        self._norm_plans = {}
+        self._layout_version += 1
+        return cache
+
+    def _grad_ptrs(self, dp: _DevicePlan, grads: list[torch.Tensor | None]) -> list[int]:
+        if dp.all_contiguous:
+            try:
+                ptrs = [g.data_ptr() for g in grads]
+                if all(map(_is_contiguous, grads)):
+                    return ptrs
+            except (AttributeError, RuntimeError):
+                pass
+        # Slow path: missing grads (0: not updated this step), or something to reject clearly.
+        for p, g in zip(dp.params, grads):
+            if g is not None:
+                self._validate_grad(p, g, f"a param of shape {tuple(p.shape)}")
+        return [ptr(g) for g in grads]
+
+    def _prepare_group(self, gi: int, group: dict[str, Any], rebuilt: bool = False) -> list[tuple[_DevicePlan, list[int], list[int]]]:
+        cache = self._groups.get(gi)
+        if cache is None or cache.params is not group["params"] or cache.length != len(group["params"]):
+            cache = self._build_group(gi, group)
+        out = []
+        for dp in cache.devices:
+            stale = (
+                any(p.grad is not None for p in dp.stateless)
+                or [p.data_ptr() for p in dp.params] != dp.param_ptrs
+                or self._buffer_keys(group) != dp.buffer_keys
+            )
+            if stale and not rebuilt:
+                self._build_group(gi, group)
+                return self._prepare_group(gi, group, rebuilt=True)
+            grads = [p.grad for p in dp.params]
+            out.append((dp, dp.param_ptrs, self._grad_ptrs(dp, grads)))
+        return out
+
+    # ------------------------------------------------------------------ step
+    def _grad_norm_state(self, device: torch.device) -> _GradNormState:
+        gn = self._gn
+        if gn is None:
+            gn = _GradNormState(
+                values=torch.zeros(_C.kStepValues, dtype=torch.float32, device=device),
+                counters=torch.zeros(_C.kCounters, dtype=torch.int64, device=device),
+                history=torch.full((self._history,), float("nan"), dtype=torch.float32, device=device),
+            )
+            if self._pending_stats is not None:
+                self._restore_stats(gn, self._pending_stats)
+                self._pending_stats = None
+            self._gn = gn
+        elif gn.values.device != device:
+            gn = _GradNormState(gn.values.to(device), gn.counters.to(device), gn.history.to(device))
+            self._gn = gn
+        return gn
+
+    def _norm_plan(self, device: torch.device, dps: list[_DevicePlan]) -> _NormPlan:
+        np_ = self._norm_plans.get(device)
+        if np_ is not None and np_.version == self._layout_version:
+            return np_
+        numels = list(chain.from_iterable(dp.numels for dp in dps))
+        dtypes = list(chain.from_iterable(dp.dtypes for dp in dps))
+        plan = _C.GradNormPlan(device_index(device), numels, dtypes)
+        nbytes = plan.scratch_bytes()
+        scratch = torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
+        np_ = _NormPlan(
+            version=self._layout_version,
+            plan=plan,
+            per_tensor=torch.zeros(len(numels), dtype=torch.float64, device=device),
+            total=torch.zeros(1, dtype=torch.float64, device=device),
+            scratch=scratch,
+        )
+        self._norm_plans[device] = np_
+        return np_
+
+    @staticmethod
+    def _lr_arg(lr: Any, device: torch.device) -> tuple[float, int, torch.Tensor | None]:
+        """(lr as float, pointer to a float32 lr on ``device`` or 0, tensor to keep alive)."""
+        if not isinstance(lr, torch.Tensor):
+            return float(lr), 0, None
+        if lr.device == device:
+            t = lr if lr.dtype == torch.float32 else lr.to(torch.float32)
+            return 0.0, t.data_ptr(), t
+        if lr.device.type == "cpu":
+            return float(lr), 0, None  # host memory: no device sync
+        t = lr.to(device=device, dtype=torch.float32, non_blocking=True)
+        return 0.0, t.data_ptr(), t
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one fused optimization step (global-norm clip, skip on non-finite, update).
+
+        Args:
+            closure: A closure that reevaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, if a closure was given.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            for item in self._prepare_group(gi, group):
+                work.append((group, item))
+        if not work:
+            return loss
+
+        threads = torch.get_num_threads()
+        # 1. Sum of squares per device, over every grad of the optimizer.
+        per_device: dict[torch.device, tuple[list[_DevicePlan], list[int]]] = {}
+        for _, (dp, _, gptrs) in work:
+            dps, ptrs = per_device.setdefault(dp.device, ([], []))
+            dps.append(dp)
+            ptrs.extend(gptrs)
+        last = _LastStep()
+        totals = []
+        for device, (dps, ptrs) in per_device.items():
+            np_ = self._norm_plan(device, dps)
+            scratch = np_.scratch
+            np_.plan.sumsq(
+                ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
+                ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
+            )
+            last.norm_plans.append((np_, list(chain.from_iterable(dp.params for dp in dps)), ptrs))
+            totals.append(np_.total)
+
+        # 2. Global norm, clip factor and skip flag on the first device.
+        primary = next(iter(per_device))
+        total = totals[0]
+        if len(totals) > 1:
+            total = total + sum(t.to(primary, non_blocking=True) for t in totals[1:])
+        gn = self._grad_norm_state(primary)
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:
+            grad_scale = grad_scale.to(device=primary, dtype=torch.float32)
+        found_inf = self.__dict__.pop("_playbook_found_inf", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and (found_inf.device != primary or found_inf.dtype != torch.float32):
+            found_inf = found_inf.to(device=primary, dtype=torch.float32)
+        last.grad_scale = grad_scale
+        max_norm = self._max_grad_norm if self._max_grad_norm is not None else 0.0
+        _C.finalize_grad_norm(
+            device_index(primary), total.data_ptr(), max_norm, self.skip_nonfinite,
+            ptr(grad_scale), ptr(found_inf), gn.values.data_ptr(), gn.counters.data_ptr(),
+            gn.history.data_ptr(), gn.history.numel(), stream_handle(primary),
+        )
+
+        # 3. Fused updates per (group, device), reading the step values on their device.
+        values_on = {primary: gn.values}
+        for group, (dp, pptrs, gptrs) in work:
+            values = values_on.get(dp.device)
+            if values is None:
+                values = gn.values.to(dp.device, non_blocking=dp.device.type != "cpu")
+                values_on[dp.device] = values
+            lr, lr_ptr, _keep = self._lr_arg(group["lr"], dp.device)
+            self._run_plan(dp, group, pptrs, gptrs, lr, lr_ptr, values.data_ptr(), threads, stream_handle(dp.device))
+        self._last = last
+        return loss
+
+    # ------------------------------------------------------------------ statistics (host reads)
+    def grad_norms(self, per_tensor: bool = False) -> torch.Tensor:
+        """Unclipped global gradient norms, read from the device only when called.
+
+        Args:
+            per_tensor: If True, return the norm of every param's gradient at the last step
+                instead, in the order of ``[p for g in param_groups for p in g["params"]]``
+                (NaN for params that had no gradient at that step).
+
+        Returns:
+            A 1-D float32 CPU tensor: the global norm of each of the most recent ``history``
+            steps, oldest first (skipped steps included: their norm is NaN or inf).
+        """
+        if per_tensor:
+            return self._per_tensor_norms()
+        if self._gn is None:
+            return torch.zeros(0, dtype=torch.float32)
+        counters = self._gn.counters.to("cpu")
+        hist = self._gn.history.to("cpu")
+        seen = int(counters[_C.kStepsSeenIdx])
+        size = hist.numel()
+        if seen <= size:
+            return hist[:seen].clone()
+        start = seen % size
+        return torch.cat([hist[start:], hist[:start]])
+
+    def _per_tensor_norms(self) -> torch.Tensor:
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        out = torch.full((len(all_params),), float("nan"), dtype=torch.float64)
+        index = {id(p): i for i, p in enumerate(all_params)}
+        scale = 1.0 if self._last.grad_scale is None else float(self._last.grad_scale.to("cpu"))
+        for np_, params, ptrs in self._last.norm_plans:
+            sumsq = np_.per_tensor.to("cpu")
+            for j, (p, gp) in enumerate(zip(params, ptrs)):
+                if gp != 0:
+                    out[index[id(p)]] = math.sqrt(float(sumsq[j])) / scale
+        return out.to(torch.float32)
+
+    def _counter(self, idx: int) -> int:
+        if self._gn is None:
+            return 0
+        return int(self._gn.counters.to("cpu")[idx])
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because the gradient norm was NaN/inf (or GradScaler found an inf)."""
+        return self._counter(_C.kSkippedIdx)
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps whose gradient norm was recorded (skipped ones included)."""
+        return self._counter(_C.kStepsSeenIdx)
+
+    def clip_fraction(self) -> float:
+        """Share of steps (skipped ones excluded) whose global norm exceeded ``max_grad_norm``.
+
+        Playbook 7.8: if this is above 0.5 the threshold is extremely aggressive
+        (see ``playbook.stats.check_clipping``).
+        """
+        if self._gn is None:
+            return 0.0
+        c = self._gn.counters.to("cpu")
+        applied = int(c[_C.kStepsSeenIdx]) - int(c[_C.kSkippedIdx])
+        return int(c[_C.kClippedIdx]) / applied if applied > 0 else 0.0
+
+    # ------------------------------------------------------------------ state dicts
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        if self._gn is not None:
+            sd["grad_norm_stats"] = {
+                "counters": self._gn.counters.to("cpu", copy=True),
+                "history": self._gn.history.to("cpu", copy=True),
+            }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class or of the matching ``torch.optim`` class.
+
+        Moment buffers stay float32 whatever the param dtype (torch would cast them to the
+        param dtype); ``step`` and ``mu_product`` become float32 scalars on the param's device.
+        """
+        state_dict = dict(state_dict)
+        stats = state_dict.pop("grad_norm_stats", None)
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        for saved_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
+            st = self.state.get(p)
+            if not st:
+                continue
+            src = saved.get(saved_id, {})
+            group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+            for key in self._buffer_keys(group):
+                value = src.get(key)
+                if isinstance(value, torch.Tensor):
+                    if value.shape != p.shape:
+                        raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, but its param has shape {tuple(p.shape)}")
+                    buf = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                    st[key] = buf.copy_(value)
+                elif key in st and st[key] is None:
+                    del st[key]
+            for key in self._scalar_defaults:
+                value = src.get(key)
+                if value is None:
+                    st.pop(key, None)
+                    continue
+                st[key] = torch.as_tensor(value, dtype=torch.float32).reshape(()).to(p.device).clone()
+            self._init_state(p, group)
+        if stats is not None:
+            if self._gn is not None:
+                self._restore_stats(self._gn, stats)
+            else:
+                self._pending_stats = stats
+        self._invalidate()
+
+    @staticmethod
+    def _restore_stats(gn: _GradNormState, stats: dict[str, Any]) -> None:
+        history = stats["history"]
+        gn.counters.copy_(stats["counters"])
+        if history.numel() == gn.history.numel():
+            gn.history.copy_(history)
+        else:  # another capacity: keep the most recent norms, in ring order for the new size
+            seen = int(stats["counters"][_C.kStepsSeenIdx])
+            size = history.numel()
+            ordered = history[:seen] if seen <= size else torch.cat([history[seen % size:], history[:seen % size]])
+            gn.history.fill_(float("nan"))
+            for k in range(max(seen - ordered.numel(), seen - gn.history.numel()), seen):
+                gn.history[k % gn.history.numel()] = ordered[k - (seen - ordered.numel())]
