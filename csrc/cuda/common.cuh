@@ -1,0 +1,218 @@
+// Shared helpers of the CUDA kernels: error checks, the device guard, launch constants and the
+// storage <-> fp32 conversions. Included by every csrc/cuda/*.cu file; never by host-only code.
+//
+// NOTE: [CUDA numerics]
+// Math is fp32 (opmath_t) whatever the storage dtype; bf16/fp16 are widened on load and rounded
+// to nearest-even on store. The element formulas are written with the same operation order as
+// the CPU kernels (csrc/cpu/kernels/*.cpp, compiled with -ffp-contract=off) and the target is
+// compiled with --fmad=false (CMakeLists.txt), so an update computes the same bits on both paths
+// given the same per-tensor coefficients (those come from double pow, where CUDA's libdevice and
+// the host libm may differ in the last bit before the cast to fp32).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "playbook/check.h"
+#include "playbook/optim.h"
+#include "playbook/tensor.h"
+
+namespace playbook {
+namespace cuda {
+namespace detail {
+
+using opmath_t = float;
+
+constexpr int kBlockSize = 512;    // threads per block of the multi-tensor kernels
+constexpr int kILP = 4;            // elements per thread per iteration (one 16/8-byte access)
+constexpr int kChunkSize = 65536;  // elements per chunk: the unit of work of one block
+constexpr int kBlocksPerSM = 4;    // grid = min(chunks, SMs * kBlocksPerSM), grid-stride beyond
+constexpr int kWarpSize = 32;
+
+static_assert(kChunkSize % (kBlockSize * kILP) == 0,
+              "kChunkSize must be a multiple of kBlockSize * kILP so every vector access of a "
+              "chunk stays aligned and inside the chunk");
+static_assert(kBlockSize % kWarpSize == 0 && kBlockSize / kWarpSize <= kWarpSize,
+              "block reductions assume whole warps and at most 32 warps per block");
+
+[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* expr, const char* file,
+                                          int line) {
+  std::ostringstream os;
+  os << "CUDA error " << cudaGetErrorName(err) << " (" << static_cast<int>(err)
+     << "): " << cudaGetErrorString(err) << " in '" << expr << "' [" << file << ":" << line << "]";
+  throw std::runtime_error(os.str());
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace playbook
+
+// Throws std::runtime_error (Python RuntimeError) with file:line when a CUDA call fails. After
+// every launch: PLAYBOOK_CUDA_CHECK(cudaGetLastError()).
+#define PLAYBOOK_CUDA_CHECK(expr)                                                        \
+  do {                                                                                   \
+    const cudaError_t playbook_cuda_err_ = (expr);                                       \
+    if (playbook_cuda_err_ != cudaSuccess) {                                             \
+      ::playbook::cuda::detail::throw_cuda_error(playbook_cuda_err_, #expr, __FILE__,    \
+                                                 __LINE__);                              \
+    }                                                                                    \
+  } while (0)
+
+namespace playbook {
+namespace cuda {
+namespace detail {
+
+// Makes `device` current for the scope and restores the previous device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    PLAYBOOK_CHECK(device >= 0, "expected a CUDA device ordinal >= 0, got device=", device);
+    PLAYBOOK_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) {
+      PLAYBOOK_CUDA_CHECK(cudaSetDevice(device));
+      changed_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(previous_);  // no throw from a destructor
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
+inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+// Streaming multiprocessors of `device` (host query, no synchronization).
+inline int sm_count(int device) {
+  int sms = 0;
+  PLAYBOOK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms > 0 ? sms : 1;
+}
+
+// Every descriptor must live on `device` (check_tensor_list only checks they agree).
+inline void check_on_device(const std::vector<TensorDesc>& tensors, int device, const char* what) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    PLAYBOOK_CHECK(tensors[i].device == device, what, " tensor ", i, " is on device ",
+                   tensors[i].device, ", but the call is for CUDA device ", device);
+  }
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Runs f(TypeTag<T>{}) with T the storage type of `dtype` (float, __nv_bfloat16, __half).
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(TypeTag<float>{}); return;
+    case DType::kBFloat16: f(TypeTag<__nv_bfloat16>{}); return;
+    case DType::kFloat16: f(TypeTag<__half>{}); return;
+  }
+  PLAYBOOK_CHECK(false, "unsupported dtype code ", static_cast<int>(dtype));
+}
+
+// Indices of the tensors of each storage dtype, in list order (one launch family per dtype).
+inline std::vector<std::vector<size_t>> group_by_dtype(const std::vector<TensorDesc>& tensors) {
+  std::vector<std::vector<size_t>> groups(3);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    groups[static_cast<size_t>(tensors[i].dtype)].push_back(i);
+  }
+  return groups;
+}
+constexpr DType kGroupDTypes[3] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+
+// ---------------------------------------------------------------------------------------------
+// Device side: storage <-> opmath conversions and kILP-wide loads/stores.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ opmath_t to_opmath(float x) { return x; }
+__device__ __forceinline__ opmath_t to_opmath(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ opmath_t to_opmath(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_opmath(opmath_t x);
+template <>
+__device__ __forceinline__ float from_opmath<float>(opmath_t x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(opmath_t x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_opmath<__half>(opmath_t x) { return __float2half_rn(x); }
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) AlignedVector {
+  T val[N];
+};
+
+// True when p can be accessed kILP elements of T at a time.
+template <typename T>
+__device__ __forceinline__ bool is_vector_aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
+}
+
+// Elements [i, i + kILP) of x (i a multiple of kILP, x the chunk start); those at or past n read
+// as 0. `aligned` (x aligned for kILP-wide access) takes one vector load for a full group.
+template <typename T>
+__device__ __forceinline__ void load_ilp(opmath_t (&out)[kILP], const T* x, int64_t i, int64_t n,
+                                         bool aligned) {
+  if (aligned && i + kILP <= n) {
+    const AlignedVector<T, kILP> v = *reinterpret_cast<const AlignedVector<T, kILP>*>(x + i);
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) out[j] = to_opmath(v.val[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) out[j] = i + j < n ? to_opmath(x[i + j]) : opmath_t(0);
+  }
+}
+
+// Stores elements [i, i + kILP) of x, skipping those at or past n.
+template <typename T>
+__device__ __forceinline__ void store_ilp(T* x, int64_t i, int64_t n, bool aligned,
+                                          const opmath_t (&in)[kILP]) {
+  if (aligned && i + kILP <= n) {
+    AlignedVector<T, kILP> v;
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) v.val[j] = from_opmath<T>(in[j]);
+    *reinterpret_cast<AlignedVector<T, kILP>*>(x + i) = v;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) {
+      if (i + j < n) x[i + j] = from_opmath<T>(in[j]);
+    }
+  }
+}
+
+// torch.lerp(start, end, w): start + w*(end-start) if |w| < 0.5 else end - (end-start)*(1-w)
+// (same expression as csrc/cpu/kernels/kernel_utils.h).
+__device__ __forceinline__ opmath_t lerp(opmath_t start, opmath_t end, opmath_t w,
+                                         opmath_t one_minus_w, bool low) {
+  return low ? start + w * (end - start) : end - (end - start) * one_minus_w;
+}
+
+// NAdam's momentum schedule, shared by the update kernel and the step advance so both round the
+// new mu_product identically: mu_t = b1 (1 - 0.5 * 0.96^(t md)).
+__device__ __forceinline__ double nadam_mu(double beta1, double t, double momentum_decay) {
+  return beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
+}
+// torch keeps mu_product in a float32 tensor: the product is rounded to fp32.
+__device__ __forceinline__ float nadam_next_mu_product(float mu_product, double mu) {
+  return static_cast<float>(static_cast<double>(mu_product) * mu);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace playbook

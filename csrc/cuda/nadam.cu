@@ -1,0 +1,206 @@
+// Fused NAdam step on the GPU (NOTE: [Update formulas] in playbook/optim.h). Mirrors
+// csrc/cpu/nadam.cpp (per-tensor scalars) and csrc/cpu/kernels/nadam_kernel.cpp (per element).
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "cuda/multi_tensor_apply.cuh"
+#include "playbook/check.h"
+#include "playbook/optim.h"
+
+namespace playbook {
+namespace cuda {
+namespace detail {
+namespace {
+
+// Tensor lists of one launch (NOTE: [Kernel-argument tensor table]). kStepIdx and kMuProductIdx
+// point to the tensor's fp32 scalars, not to element lists.
+enum NAdamListIdx : int {
+  kParamIdx = 0,
+  kGradIdx = 1,
+  kExpAvgIdx = 2,
+  kExpAvgSqIdx = 3,
+  kStepIdx = 4,
+  kMuProductIdx = 5,
+  kNAdamDepth = 6,
+};
+
+struct NAdamArgs {
+  const float* step_values;  // NOTE: [Step state]
+  const float* lr_ptr;       // nullable: lr
+  float lr, beta1, beta2, eps, weight_decay, momentum_decay;
+  bool decoupled_weight_decay, maximize, playbook_variant;
+};
+
+template <typename T>
+struct NAdamFunctor {
+  NAdamArgs a;
+
+  // Per thread, set by begin(): the step-independent scalars of csrc/cpu/nadam.cpp.
+  double lr;
+  float grad_factor, l2_weight_decay, decay, one_minus_beta1, one_minus_beta2;
+  bool lerp_low;
+  // Per-tensor scalars, cached by the (step, mu_product) they were computed for.
+  bool cached;
+  float cached_step, cached_mu_product;
+  float bc2, coef_grad, coef_avg, step_size;
+
+  __device__ bool begin() {
+    if (a.step_values[kSkipIdx] != 0.f) return false;  // NOTE: [Skipped step]
+    lr = a.lr_ptr != nullptr ? static_cast<double>(*a.lr_ptr) : static_cast<double>(a.lr);
+    grad_factor = a.step_values[kGradFactorIdx] * (a.maximize ? -1.f : 1.f);
+    l2_weight_decay = a.decoupled_weight_decay ? 0.f : a.weight_decay;
+    decay = a.decoupled_weight_decay ? static_cast<float>(1.0 - lr * a.weight_decay) : 1.f;
+    one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(a.beta1));
+    one_minus_beta2 = static_cast<float>(1.0 - static_cast<double>(a.beta2));
+    lerp_low = (1.0 - static_cast<double>(a.beta1)) < 0.5;
+    cached = false;
+    return true;
+  }
+
+  // t = step + 1; mu_t, mu_{t+1}; the new mu_product = fp32(mu_product * mu_t), used here and
+  // stored by advance_steps (same function, same bits).
+  __device__ void set_scalars(float step_value, float mu_product_value) {
+    if (cached && __float_as_uint(step_value) == __float_as_uint(cached_step) &&
+        __float_as_uint(mu_product_value) == __float_as_uint(cached_mu_product)) {
+      return;
+    }
+    const double b1 = a.beta1, b2 = a.beta2, md = a.momentum_decay;
+    const double step = static_cast<double>(step_value) + 1.0;
+    const double bc1 = 1.0 - pow(b1, step);
+    const double bc2_d = 1.0 - pow(b2, step);
+    const double mu = nadam_mu(b1, step, md);
+    const double mu_next = nadam_mu(b1, step + 1.0, md);
+    const double mu_product = static_cast<double>(nadam_next_mu_product(mu_product_value, mu));
+    bc2 = static_cast<float>(bc2_d);
+    coef_grad = static_cast<float>(lr * (1.0 - mu) / (1.0 - mu_product));
+    coef_avg = static_cast<float>(lr * mu_next / (1.0 - mu_product * mu_next));
+    step_size = static_cast<float>(lr * sqrt(bc2_d) / bc1);
+    cached_step = step_value;
+    cached_mu_product = mu_product_value;
+    cached = true;
+  }
+
+  __device__ void operator()(const TensorListMeta<kNAdamDepth>& meta, int tensor, int chunk) {
+    set_scalars(*static_cast<const float*>(meta.ptrs[kStepIdx][tensor]),
+                *static_cast<const float*>(meta.ptrs[kMuProductIdx][tensor]));
+    T* p = chunk_ptr<T>(meta, kParamIdx, tensor, chunk);
+    const T* g = chunk_ptr<const T>(meta, kGradIdx, tensor, chunk);
+    float* m = chunk_ptr<float>(meta, kExpAvgIdx, tensor, chunk);
+    float* v = chunk_ptr<float>(meta, kExpAvgSqIdx, tensor, chunk);
+    const int64_t n = chunk_numel(meta.numel[tensor], chunk);
+    const bool aligned = is_vector_aligned<T>(p) && is_vector_aligned<T>(g) &&
+                         is_vector_aligned<float>(m) && is_vector_aligned<float>(v);
+
+    const float wd = l2_weight_decay, b1 = a.beta1, b2 = a.beta2, eps = a.eps;
+    const float omb1 = one_minus_beta1, omb2 = one_minus_beta2;
+    const bool l2 = wd != 0.f, playbook_variant = a.playbook_variant;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n;
+         i += static_cast<int64_t>(kBlockSize) * kILP) {
+      opmath_t rp[kILP], rg[kILP], rm[kILP], rv[kILP];
+      load_ilp(rp, p, i, n, aligned);
+      load_ilp(rg, g, i, n, aligned);
+      load_ilp(rm, m, i, n, aligned);
+      load_ilp(rv, v, i, n, aligned);
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) {
+        opmath_t param = rp[j];
+        opmath_t grad = rg[j] * grad_factor;
+        if (l2) grad = grad + wd * param;
+        param = param * decay;
+        const opmath_t exp_avg = lerp(rm[j], grad, omb1, b1, lerp_low);
+        const opmath_t exp_avg_sq = rv[j] * b2 + omb2 * grad * grad;
+        rm[j] = exp_avg;
+        rv[j] = exp_avg_sq;
+        if (playbook_variant) {
+          const opmath_t denom = sqrtf(exp_avg_sq) + eps;
+          param = param + (-step_size) * (b1 * exp_avg + omb1 * grad) / denom;
+        } else {
+          const opmath_t denom = sqrtf(exp_avg_sq / bc2) + eps;
+          param = param + (-coef_grad) * grad / denom;
+          param = param + (-coef_avg) * exp_avg / denom;
+        }
+        rp[j] = param;
+      }
+      store_ilp(p, i, n, aligned, rp);
+      store_ilp(m, i, n, aligned, rm);
+      store_ilp(v, i, n, aligned, rv);
+    }
+  }
+};
+
+template <typename T>
+void launch_nadam(const NAdamTensors& t, const std::vector<size_t>& idx, const NAdamArgs& args,
+                  int sms, cudaStream_t stream) {
+  std::vector<std::array<void*, kNAdamDepth>> rows;
+  std::vector<int64_t> numels;
+  rows.reserve(idx.size());
+  numels.reserve(idx.size());
+  for (size_t i : idx) {
+    std::array<void*, kNAdamDepth> row{};
+    row[kParamIdx] = t.params[i].data;
+    row[kGradIdx] = t.grads[i].data;
+    row[kExpAvgIdx] = t.exp_avgs[i];
+    row[kExpAvgSqIdx] = t.exp_avg_sqs[i];
+    row[kStepIdx] = t.steps[i];
+    row[kMuProductIdx] = t.mu_products[i];
+    rows.push_back(row);
+    numels.push_back(t.params[i].numel);
+  }
+  NAdamFunctor<T> functor{};
+  functor.a = args;
+  multi_tensor_apply<kNAdamDepth>(rows, numels, functor, sms, stream);
+}
+
+}  // namespace
+}  // namespace detail
+
+void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int device,
+                void* stream) {
+  using namespace detail;
+  const size_t n = t.params.size();
+  check_param_grad_pairs(t.params, t.grads);
+  check_on_device(t.params, device, "param");
+  check_state_list(t.exp_avgs, n, "exp_avg");
+  check_state_list(t.exp_avg_sqs, n, "exp_avg_sq");
+  check_state_list(t.mu_products, n, "mu_product");
+  check_state_list(t.steps, n, "step");
+  PLAYBOOK_CHECK(step_values != nullptr, "nadam_step needs the step values buffer");
+  if (n == 0) return;
+
+  DeviceGuard guard(device);
+  const cudaStream_t s = as_stream(stream);
+  const int sms = sm_count(device);
+  NAdamArgs args{};
+  args.step_values = step_values;
+  args.lr_ptr = h.lr_ptr;
+  args.lr = h.lr;
+  args.beta1 = h.beta1;
+  args.beta2 = h.beta2;
+  args.eps = h.eps;
+  args.weight_decay = h.weight_decay;
+  args.momentum_decay = h.momentum_decay;
+  args.decoupled_weight_decay = h.decoupled_weight_decay;
+  args.maximize = h.maximize;
+  args.playbook_variant = h.variant == Variant::kPlaybook;
+
+  const std::vector<std::vector<size_t>> groups = group_by_dtype(t.params);
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    if (groups[gi].empty()) continue;
+    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      launch_nadam<T>(t, groups[gi], args, sms, s);
+    });
+  }
+  // After every update launch has read steps[i] and mu_products[i] (same stream): advance both
+  // unless skipped; mu_products advance in both variants, as on the CPU.
+  advance_steps(t.steps, &t.mu_products,
+                StepAdvanceArgs{step_values, static_cast<double>(h.beta1),
+                                static_cast<double>(h.momentum_decay)},
+                s);
+}
+
+}  // namespace cuda
+}  // namespace playbook
