@@ -89,10 +89,17 @@ def _check_role(role: object, allowed: Sequence[str] = ROLES, what: str = "") ->
     return str(role)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Value equality that keeps ``True``, ``1`` and ``"1"`` apart (but ``1 == 1.0``)."""
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    return type(a) is type(b) and bool(a == b)
+
+
 def _check_unique(values: Sequence[Any], kind: str) -> None:
     seen: list[Any] = []
     for v in values:
-        if any(v == s and type(v) is type(s) for s in seen):
+        if any(_same(v, s) for s in seen):
             raise ValueError(f"Duplicate value {v!r} in {kind}({list(values)!r}); values must be unique.")
         seen.append(v)
 
@@ -287,7 +294,7 @@ class _Choice(Spec):
     def index(self, value: Any) -> int:
         """Position of ``value`` in :attr:`values` (ValueError naming the valid values)."""
         for i, v in enumerate(self.values):
-            if v == value and (type(v) is type(value) or (_is_number(v) and _is_number(value))):
+            if _same(v, value):
                 return i
         raise ValueError(f"Unknown value {value!r} for {type(self).__name__}; valid values: {list(self.values)!r}.")
 
@@ -317,8 +324,6 @@ class Discrete(_Choice):
             if not _is_number(v) or not math.isfinite(v):
                 raise ValueError(f"Discrete value {v!r} must be a finite number (use Categorical for other values).")
         _check_unique(values, "Discrete")
-        if len(set(values)) != len(values):
-            raise ValueError(f"Duplicate value in Discrete({values!r}); values must be unique.")
         self.role = _check_role(role, ("nuisance", "scientific"), f" for Discrete({values!r}) (use Fixed(value) for a fixed hyperparameter)")
         self.values = tuple(sorted(values))
 
@@ -365,32 +370,35 @@ class Categorical(_Choice):
         _check_unique(values, "Categorical")
         self.role = _check_role(role, ("nuisance", "scientific"), f" for Categorical({values!r}) (use Fixed(value) for a fixed hyperparameter)")
         self.values = tuple(values)
-        self.branches: dict[Any, dict[str, Spec]] = {}
+        self._branches: dict[int, dict[str, Spec]] = {}
         if branches is not None:
             if not isinstance(branches, Mapping):
                 raise ValueError(f"Categorical branches must be a dict {{value: {{name: spec}}}}, got {branches!r}.")
             for value, sub in branches.items():
                 value = _py_scalar(value)
                 try:
-                    value = self.values[self.index(value)]
+                    i = self.index(value)
                 except ValueError:
                     raise ValueError(
                         f"Condition on value {value!r} that the parent Categorical does not have; valid values: {list(self.values)!r}."
                     ) from None
                 if not isinstance(sub, Mapping):
                     raise ValueError(f"Branch for value {value!r} must be a dict {{name: spec}}, got {sub!r}.")
-                self.branches[value] = {name: _check_spec(name, spec) for name, spec in sub.items()}
+                self._branches[i] = {name: _check_spec(name, spec) for name, spec in sub.items()}
+
+    @property
+    def branches(self) -> dict[Any, dict[str, Spec]]:
+        """``{value: {name: spec}}`` for the values that bring a sub-space."""
+        return {self.values[i]: dict(sub) for i, sub in sorted(self._branches.items())}
 
     def branch(self, value: Any) -> dict[str, Spec]:
         """The sub-space brought by ``value`` (empty dict when it brings nothing)."""
-        return self.branches.get(self.values[self.index(value)], {})
+        return dict(self._branches.get(self.index(value), {}))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.kind, "values": list(self.values), "role": self.role}
-        if self.branches:
-            d["branches"] = [
-                [v, _params_to_list(self.branches[v])] for v in self.values if v in self.branches
-            ]
+        if self._branches:
+            d["branches"] = [[self.values[i], _params_to_list(sub)] for i, sub in sorted(self._branches.items())]
         return d
 
 
@@ -521,7 +529,7 @@ class HParam:
         """Whether this hyperparameter is in effect for ``params`` (all its conditions hold)."""
         for parent, value in self.path:
             got = params.get(parent, _MISSING)
-            if got is _MISSING or got != value or type(got) is not type(value) and not (_is_number(got) and _is_number(value)):
+            if got is _MISSING or not _same(got, value):
                 return False
         return True
 
@@ -534,7 +542,7 @@ def _exclusive(a: tuple[tuple[str, Any], ...], b: tuple[tuple[str, Any], ...]) -
     for (pa, va), (pb, vb) in zip(a, b):
         if pa != pb:
             return False
-        if va != vb:
+        if not _same(va, vb):
             return True
     return False
 
@@ -589,9 +597,9 @@ class SearchSpace:
                 dim += int(varied)
                 out.append(hp)
                 if isinstance(spec, Categorical):
-                    for value in spec.values:
-                        if value in spec.branches:
-                            walk(spec.branches[value], f"{key}={value}/", path + ((name, value),))
+                    for i, value in enumerate(spec.values):
+                        if i in spec._branches:
+                            walk(spec._branches[i], f"{key}={value}/", path + ((name, value),))
 
         walk(self.params, "", ())
         by_name: dict[str, list[HParam]] = {}

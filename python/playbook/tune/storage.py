@@ -46,6 +46,7 @@ __all__ = [
     "Storage",
     "SQLiteStorage",
     "open_storage",
+    "close_all",
     "parse_url",
 ]
 
@@ -302,10 +303,11 @@ def open_storage(url: str | Storage) -> Storage:
 
 
 def close_all() -> None:
-    """Close every cached storage connection of this process."""
+    """Close every cached storage connection of this process and empty the cache."""
     with _CACHE_LOCK:
         for storage in _CACHE.values():
             storage.close()
+        _CACHE.clear()
 
 
 class SQLiteStorage(Storage):
