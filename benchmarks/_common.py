@@ -32,6 +32,7 @@ __all__ = [
     "time_cpu",
     "time_cuda",
     "time_fn",
+    "time_interleaved",
     "write_json",
 ]
 
@@ -120,6 +121,65 @@ def time_cuda(
         end.synchronize()
         samples.append(start.elapsed_time(end) / 1e3 / inner)
     return Timing(statistics.median(samples), min(samples), max(samples), len(samples), inner, samples)
+
+
+def _batch_timer(device: str) -> Callable[[Callable[[], Any], int], float]:
+    """``timer(fn, n)`` -> seconds per call of ``n`` back-to-back calls (CUDA events on a GPU)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_timer(fn: Callable[[], Any], n: int) -> float:
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / n
+
+        return cuda_timer
+
+    def cpu_timer(fn: Callable[[], Any], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+    return cpu_timer
+
+
+def time_interleaved(
+    fns: dict,
+    device: str = "cpu",
+    *,
+    target_s: float = 0.3,
+    repeats: int = 7,
+    warmup: int = 3,
+) -> dict:
+    """Time several callables round-robin: repeat ``r`` times ``fns[k]`` for every ``k`` before
+    repeat ``r + 1`` starts, so load drift on a shared machine hits all of them alike and ratios
+    between them stay fair. Each gets about ``target_s`` in all; medians as in :func:`time_cpu`.
+
+    Args:
+        fns: ``{name: callable}``.
+
+    Returns:
+        ``{name: Timing}``.
+    """
+    timer = _batch_timer(device)
+    inner = {}
+    for k, fn in fns.items():
+        for _ in range(max(1, warmup)):
+            fn()
+        inner[k] = _plan(timer(fn, 1), target_s, repeats)
+    samples: dict = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for k, fn in fns.items():
+            samples[k].append(timer(fn, inner[k]))
+    return {
+        k: Timing(statistics.median(v), min(v), max(v), len(v), inner[k], v) for k, v in samples.items()
+    }
 
 
 def time_fn(fn: Callable[[], Any], device: str = "cpu", **kw: Any) -> Timing:

@@ -1,6 +1,7 @@
 """Time one optimizer step of Adam + global-norm clipping (playbook 7.8), playbook vs torch.
 
-What is timed: ``step()`` only. Gradients are fixed random tensors set once per cell (no
+What is timed: ``step()`` only, the rows of one (device, size, dtype) group interleaved
+round-robin (each row holds its own parameters and state; ``--sequential`` times one at a time). Gradients are fixed random tensors set once per cell (no
 backward). The torch rows with clipping call ``torch.nn.utils.clip_grad_norm_(params, 1.0,
 foreach=...)`` before ``opt.step()`` (that is what a torch user writes); playbook clips inside
 its fused kernels (``max_grad_norm=1.0``). Gradient norms are far above 1.0, so clipping is
@@ -45,7 +46,15 @@ from typing import Callable, Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import env_info, fmt_float, format_table, stream_bandwidth, time_fn, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    env_info,
+    fmt_float,
+    format_table,
+    stream_bandwidth,
+    time_fn,
+    time_interleaved,
+    write_json,
+)
 
 MAX_NORM = 1.0
 LR = 1e-3
@@ -72,11 +81,11 @@ PLAYBOOK = "playbook + clip"
 
 @dataclass
 class Impl:
-    """One row: ``make(params)`` returns the step callable; ``unavailable(device, dtype)`` returns
-    None when the row can run, else the reason it is "n/a"."""
+    """One row: ``make(params)`` returns ``(step callable, optimizer)``; ``unavailable(device,
+    dtype)`` returns None when the row can run, else the reason it is "n/a"."""
 
     name: str
-    make: Callable[[list], Callable[[], None]]
+    make: Callable[[list], tuple]
     unavailable: Callable[[str, torch.dtype], Optional[str]]
     clip: bool
 
@@ -85,23 +94,23 @@ def _torch_impl(mode: str, clip: bool) -> Impl:
     opt_kw = {"loop": {"foreach": False, "fused": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[mode]
     clip_foreach = mode != "loop"
 
-    def make(params: list) -> Callable[[], None]:
+    def make(params: list) -> tuple:
         opt = torch.optim.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, **opt_kw)
         if not clip:
-            return opt.step
+            return opt.step, opt
 
         def step() -> None:
             torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=clip_foreach)
             opt.step()
 
-        return step
+        return step, opt
 
     def unavailable(device: str, dtype: torch.dtype) -> Optional[str]:
         # Probe once on a tiny tensor: torch raises for device/dtype combos it cannot do.
         p = torch.nn.Parameter(torch.zeros(4, device=device, dtype=dtype))
         p.grad = torch.ones_like(p)
         try:
-            make([p])()
+            make([p])[0]()
         except Exception as e:  # noqa: BLE001 - the message is the reason
             return f"torch: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         return None
@@ -127,10 +136,10 @@ def _playbook_optim():
 
 
 def _playbook_impl(clip: bool) -> Impl:
-    def make(params: list) -> Callable[[], None]:
+    def make(params: list) -> tuple:
         pbo = _playbook_optim()
         opt = pbo.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=MAX_NORM if clip else None)
-        return opt.step
+        return opt.step, opt
 
     def unavailable(device: str, dtype: torch.dtype) -> Optional[str]:
         if _playbook_optim() is None:
@@ -175,30 +184,85 @@ def make_params(numel: int, ntensors: int, dtype: torch.dtype, device: str, seed
 # --- the run --------------------------------------------------------------------------------------
 
 
+def _row(impl: Impl, device: str, size: str, dtype_name: str) -> dict:
+    numel, ntensors, _ = SIZES[size]
+    return {"device": device, "size": size, "dtype": dtype_name, "impl": impl.name, "clip": impl.clip,
+            "numel": numel, "tensors": ntensors, "ms": None, "status": "ok"}
+
+
+def _error(e: Exception) -> str:
+    traceback.print_exc()
+    return f"error: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def run_cell(impl: Impl, device: str, size: str, dtype_name: str, timing_kw: dict) -> dict:
+    """Time one row alone (``--sequential``: least memory)."""
+    return run_group([impl], device, size, dtype_name, timing_kw)[0]
+
+
+def run_group(impls: list, device: str, size: str, dtype_name: str, timing_kw: dict) -> list:
+    """Time every row of one (device, size, dtype) group, interleaved round-robin (see
+    ``_common.time_interleaved``) so that load drift on a shared machine does not bias the
+    ratios. Each row has its own parameters, gradients and optimizer state."""
     numel, ntensors, _ = SIZES[size]
     dtype = DTYPES[dtype_name]
-    row = {"device": device, "size": size, "dtype": dtype_name, "impl": impl.name, "clip": impl.clip,
-           "numel": numel, "tensors": ntensors, "ms": None, "status": "ok"}
-    why = impl.unavailable(device, dtype)
-    if why is not None:
-        row["status"] = f"n/a: {why}"
-        return row
-    params = make_params(numel, ntensors, dtype, device)
+    rows, steps, opts = [], {}, {}
+    for i, impl in enumerate(impls):
+        row = _row(impl, device, size, dtype_name)
+        rows.append(row)
+        why = impl.unavailable(device, dtype)
+        if why is not None:
+            row["status"] = f"n/a: {why}"
+            continue
+        try:
+            params = make_params(numel, ntensors, dtype, device)
+            step, opts[i] = impl.make(params)
+            step()  # lazy state init; raises here for unsupported inputs
+            steps[i] = step
+        except Exception as e:  # noqa: BLE001 - keep going, report the failure in the table
+            row["status"] = _error(e)
     try:
-        step = impl.make(params)
-        t = time_fn(step, device, **timing_kw)
-        row["ms"] = t.median_ms
-        row["timing"] = t.to_dict()
-    except Exception as e:  # noqa: BLE001 - keep going, report the failure in the table
-        row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        traceback.print_exc()
+        timings = time_interleaved(steps, device, **timing_kw) if steps else {}
+        for i, t in timings.items():
+            rows[i]["ms"] = t.median_ms
+            rows[i]["timing"] = t.to_dict()
+    except Exception as e:  # noqa: BLE001 - a failure mid-run: retry the rows one by one
+        print(f"interleaved timing failed ({type(e).__name__}: {e}); timing rows one at a time")
+        for i, step in steps.items():
+            try:
+                t = time_fn(step, device, **timing_kw)
+                rows[i]["ms"], rows[i]["timing"] = t.median_ms, t.to_dict()
+            except Exception as e2:  # noqa: BLE001
+                rows[i]["status"] = _error(e2)
     finally:
-        del params
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    return row
+        _sanity(rows, opts)
+        steps.clear()
+        opts.clear()
+        _free(device)
+    return rows
+
+
+def _sanity(rows: list, opts: dict) -> None:
+    """For playbook rows, record the optimizer's own counters: every step must have been taken
+    (no skips: a skipped step does less work) and, with clipping on, clipped."""
+    for i, opt in opts.items():
+        if not rows[i]["impl"].startswith("playbook"):
+            continue
+        try:
+            rows[i]["skipped_steps"] = int(opt.skipped_steps)
+            if hasattr(opt, "clip_fraction"):
+                rows[i]["clip_fraction"] = float(opt.clip_fraction())
+        except Exception as e:  # noqa: BLE001 - informational only
+            rows[i]["sanity_error"] = f"{type(e).__name__}: {e}"
+            continue
+        if rows[i]["skipped_steps"]:
+            rows[i]["status"] = f"ok (WARNING: {rows[i]['skipped_steps']} steps skipped: timing not comparable)"
 
 
 def add_derived(rows: list, stream: dict) -> None:
@@ -293,6 +357,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="timed batches per cell (median taken); default 7, quick 3")
     ap.add_argument("--target-s", type=float, default=None, help="time per cell, seconds; default 0.3, quick 0.05")
     ap.add_argument("--impls", default=None, help="comma list of substrings selecting rows, e.g. 'fused,playbook'")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time rows one after another instead of interleaved (less memory: one row's state at a time)")
     ap.add_argument("--out", default="bench_results/optim.json", help="JSON output path ('' to skip)")
     args = ap.parse_args(argv)
     for name, allowed in (("sizes", SIZES), ("dtypes", DTYPES)):
@@ -354,11 +420,14 @@ def main(argv: Optional[list] = None) -> dict:
         sizes = args.sizes or (["a", "b", "c", "d"] if dev == "cuda" else ["a", "b", "c"])
         for size in sizes:
             for dt in args.dtypes:
-                for impl in impls:
-                    row = run_cell(impl, device, size, dt, timing_kw)
-                    rows.append(row)
+                if args.sequential:
+                    group = [run_cell(impl, device, size, dt, timing_kw) for impl in impls]
+                else:
+                    group = run_group(impls, device, size, dt, timing_kw)
+                rows += group
+                for row in group:
                     ms = fmt_float(row["ms"], ".3f") if row["ms"] is not None else row["status"][:60]
-                    print(f"  {device} {size} {dt:4s} {impl.name:22s} {ms}", flush=True)
+                    print(f"  {device} {size} {dt:4s} {row['impl']:22s} {ms}", flush=True)
         # Measured before and after the cells (shared machines drift); the floor uses the best.
         after = stream_bandwidth(device, nbytes, **timing_kw)
         stream[device] = {k: max(before[k], after[k]) for k in ("copy_gbps", "axpy_gbps", "best_gbps")}

@@ -327,3 +327,34 @@ def test_plot_torch_and_steps(tmp_path):
 def test_plot_empty_raises(tmp_path):
     with pytest.raises(ValueError, match="at least one gradient norm"):
         stats.plot_grad_norms([], tmp_path / "x.png")
+
+
+# --- with the optimizers' history (skipped when the extension is not built) -----------------------
+
+
+def _playbook_adam():
+    try:
+        from playbook.optim import Adam
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"playbook.optim unavailable: {e}")
+    return Adam
+
+
+def test_optimizer_history_round_trip():
+    torch = pytest.importorskip("torch")
+    Adam = _playbook_adam()
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (7, 300, 1000)]
+    opt = Adam(params, lr=1e-3, max_grad_norm=10.0)
+    expected = []
+    for k in range(40):
+        scale = 0.05 * (k % 10 + 1)  # norms cycle through 10 levels, some above max_norm
+        for p in params:
+            p.grad = scale * torch.randn(p.shape, generator=gen)
+        expected.append(math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params)))
+        opt.step()
+    norms = opt.grad_norms()
+    np.testing.assert_allclose(norms.double().numpy(), expected, rtol=1e-5)
+    assert stats.clip_fraction(norms, 10.0) == pytest.approx(opt.clip_fraction())
+    assert stats.summarize(norms).count == 40
+    assert stats.suggest_max_grad_norm(norms) == pytest.approx(float(np.quantile(expected, 0.9)), rel=1e-5)
