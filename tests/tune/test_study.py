@@ -438,3 +438,23 @@ def test_joint_study(db_url):
     assert set(best) == {"adam", "nesterov"} and best["adam"].params["optimizer"] == "adam"
     with pytest.raises(ValueError, match="scientific"):
         tune.joint_study("j2", SearchSpace({"lr": Real(0.1, 1.0)}), db_url)
+
+
+def test_requeued_trial_is_abandoned_by_its_old_worker(db_url):
+    from playbook.tune.runner import run_trial
+
+    s = _create(db_url, num_trials=2)
+    store = s._storage
+    rec = store.claim_trial(s.name, "slow", 2, 60.0, s.params)
+    time.sleep(0.02)
+    again = store.claim_trial(s.name, "fresh", 2, 0.01, s.params)  # "slow" missed its heartbeats
+    assert again.index == rec.index
+    old = Trial(index=rec.index, params=rec.params, study_name=s.name, metric="val_error", mode="min",
+                storage=store, worker="slow")
+    with pytest.raises(tune.TrialLost, match="re-queued"):
+        old.report(0, val_error=0.1)
+    old2 = Trial(index=rec.index, params=rec.params, study_name=s.name, metric="val_error", mode="min",
+                 storage=store, worker="slow")
+    run_trial(fast_objective, old2)  # abandoned quietly, nothing written
+    (t,) = s.trials()
+    assert t.status == "running" and t.worker == "fresh" and s.metrics(t.index) == []

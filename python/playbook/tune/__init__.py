@@ -28,7 +28,7 @@ from playbook.tune.halton import Halton
 from playbook.tune.space import Categorical, Discrete, Fixed, HParam, Int, Real, SearchSpace, Spec
 from playbook.tune.storage import SQLiteStorage, Storage, TrialRecord, open_storage
 from playbook.tune.study import Study, list_studies
-from playbook.tune.trial import Trial, TrialInfeasible
+from playbook.tune.trial import Trial, TrialInfeasible, TrialLost
 
 __all__ = [
     "SearchSpace",
@@ -43,6 +43,7 @@ __all__ = [
     "Study",
     "Trial",
     "TrialInfeasible",
+    "TrialLost",
     "TrialRecord",
     "Storage",
     "SQLiteStorage",

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TextIO
 
-from playbook.tune.trial import Trial, TrialInfeasible
+from playbook.tune.trial import Trial, TrialInfeasible, TrialLost
 
 if TYPE_CHECKING:
     from playbook.tune.study import Study
@@ -108,6 +108,8 @@ def run_trial(objective: Callable[[Trial], Any], trial: Trial) -> None:
     """
     try:
         result = objective(trial)
+    except TrialLost:
+        return
     except TrialInfeasible as exc:
         if trial.status == "running":
             trial.infeasible(str(exc))

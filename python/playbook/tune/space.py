@@ -395,6 +395,12 @@ class Categorical(_Choice):
         """The sub-space brought by ``value`` (empty dict when it brings nothing)."""
         return dict(self._branches.get(self.index(value), {}))
 
+    def __repr__(self) -> str:
+        args = [repr(list(self.values)), f"role={self.role!r}"]
+        if self._branches:
+            args.append(f"branches={self.branches!r}")
+        return f"Categorical({', '.join(args)})"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.kind, "values": list(self.values), "role": self.role}
         if self._branches:

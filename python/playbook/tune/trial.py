@@ -18,13 +18,22 @@ from typing import Any, Mapping
 
 from playbook.tune.storage import Storage
 
-__all__ = ["Trial", "TrialInfeasible", "is_better", "nonfinite_metrics"]
+__all__ = ["Trial", "TrialInfeasible", "TrialLost", "is_better", "nonfinite_metrics"]
 
 
 class TrialInfeasible(Exception):
     """Raised by :meth:`Trial.report` when a reported value is NaN/inf (playbook 7.8).
 
     The runner marks the trial ``infeasible`` (not ``failed``) and moves on to the next trial.
+    """
+
+
+class TrialLost(RuntimeError):
+    """Raised by :meth:`Trial.report` when the trial no longer belongs to this worker.
+
+    Happens when the worker missed heartbeats for longer than the study's heartbeat timeout and
+    the trial was re-queued (and possibly claimed by another worker): the rest of this run would
+    be wasted, so the runner abandons it without writing anything.
     """
 
 
@@ -138,9 +147,15 @@ class Trial:
             self._update_score(values[self.metric], step)
         self._last_step = step
         if self._storage is not None:
-            self._storage.report(
+            owned = self._storage.report(
                 self.study_name, self.index, self.worker, step, values, self.score, self.best_step
             )
+            if not owned:
+                self.status = "lost"
+                raise TrialLost(
+                    f"Trial {self.index} of study {self.study_name!r} was re-queued after missed heartbeats; "
+                    f"worker {self.worker} abandons it."
+                )
         bad = nonfinite_metrics(values, self.metric)
         if bad:
             reason = f"non-finite {', '.join(f'{n}={values[n]}' for n in bad)} at step {step}"
