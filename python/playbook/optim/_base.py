@@ -147,7 +147,6 @@ class FusedOptimizer(Optimizer):
         self._norm_plans: dict[torch.device, _NormPlan] = {}
         self._layout_version = 0
         self._last = _LastStep()
-        self._pending_stats: dict[str, Any] | None = None
         self.max_grad_norm = max_grad_norm
         self.skip_nonfinite = bool(skip_nonfinite)
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
@@ -192,7 +191,7 @@ class FusedOptimizer(Optimizer):
             self._max_grad_norm = settings["max_grad_norm"]
             self.skip_nonfinite = settings["skip_nonfinite"]
             self._history = settings["history"]
-        for name, default in (("_gn", None), ("_pending_stats", None), ("_layout_version", 0)):
+        for name, default in (("_gn", None), ("_layout_version", 0)):
             if not hasattr(self, name):
                 setattr(self, name, default)
         self._groups = {}
@@ -357,9 +356,6 @@ class FusedOptimizer(Optimizer):
                 counters=torch.zeros(_C.kCounters, dtype=torch.int64, device=device),
                 history=torch.full((self._history,), float("nan"), dtype=torch.float32, device=device),
             )
-            if self._pending_stats is not None:
-                self._restore_stats(gn, self._pending_stats)
-                self._pending_stats = None
             self._gn = gn
         elif gn.values.device != device:
             gn = _GradNormState(gn.values.to(device), gn.counters.to(device), gn.history.to(device))
@@ -581,11 +577,10 @@ class FusedOptimizer(Optimizer):
                     continue
                 st[key] = torch.as_tensor(value, dtype=torch.float32).reshape(()).to(p.device).clone()
             self._init_state(p, group)
-        if stats is not None:
-            if self._gn is not None:
-                self._restore_stats(self._gn, stats)
-            else:
-                self._pending_stats = stats
+        first = next(chain.from_iterable(g["params"] for g in self.param_groups), None)
+        if stats is not None and first is not None:
+            gn = self._gn if self._gn is not None else self._grad_norm_state(first.device)
+            self._restore_stats(gn, stats)
         self._invalidate()
 
     @staticmethod
