@@ -285,7 +285,7 @@ def evaluate_targets(rows: list, dtypes: list, devices: list) -> list:
     """The issue's performance targets, each PASS / FAIL / n/a, per dtype measured."""
     def find(device: str, size: str, dtype: str, impl: str) -> Optional[dict]:
         for r in rows:
-            if (r["device"], r["size"], r["dtype"], r["impl"]) == (device, size, dtype, impl):
+            if (r["device"].split(":")[0], r["size"], r["dtype"], r["impl"]) == (device, size, dtype, impl):
                 return r
         return None
 
@@ -297,8 +297,9 @@ def evaluate_targets(rows: list, dtypes: list, devices: list) -> list:
         ("cuda", "d", "GPU (d, 100M) playbook+clip <= 0.75x torch fused+clip", "ratio_vs_baseline", "<=", 0.75),
     ]
     out = []
+    kinds = {d.split(":")[0] for d in devices}
     for dev, size, text, key, op, limit in specs:
-        if dev not in devices:
+        if dev not in kinds:
             continue
         for dt in dtypes:
             r = find(dev, size, dt, PLAYBOOK)
