@@ -315,8 +315,9 @@ def test_playbook_grad_scaler_skips_torchs_inf_check_pass(monkeypatch):
 
 def test_norms_bitwise_identical_across_thread_counts_and_simd_levels():
     gen = torch.Generator().manual_seed(3)
-    sizes = (1, 17, 16384 * 5 + 3, 300001)
-    grads = [torch.randn(n, generator=gen) * 3 for n in sizes]
+    sizes = (1, 17, 16384 * 5 + 3, 300001, 4099, 70001)
+    dtypes = (torch.float32,) * 4 + (torch.bfloat16, torch.float16)
+    grads = [(torch.randn(n, generator=gen) * 3).to(dt) for n, dt in zip(sizes, dtypes)]
     results = []
     levels = playbook.build_info()["simd_levels"]
     try:
@@ -325,7 +326,7 @@ def test_norms_bitwise_identical_across_thread_counts_and_simd_levels():
                 continue  # this CPU lacks the level
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                params = [torch.nn.Parameter(torch.ones(n)) for n in sizes]
+                params = [torch.nn.Parameter(torch.ones(n, dtype=dt)) for n, dt in zip(sizes, dtypes)]
                 opt = playbook.optim.Adam(params, lr=1e-3, max_grad_norm=1.0)
                 for p, g in zip(params, grads):
                     p.grad = g.clone()

@@ -2,6 +2,10 @@
 // Formulas: NOTE: [Update formulas] in playbook/optim.h; scalars from csrc/cpu/adam.cpp.
 #include <cstdint>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/kernels.h"
 
 namespace playbook {
@@ -12,16 +16,15 @@ namespace PLAYBOOK_CPU_ISA {
 
 namespace {
 
-template <typename T>
-void adam_impl(T* __restrict p, const T* __restrict g, float* __restrict m, float* __restrict v,
-               float* __restrict vmax, int64_t n, const AdamScalars& s) {
+void adam_f32(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+              float* __restrict vmax, int64_t n, const AdamScalars& s) {
   const float factor = s.grad_factor, wd = s.weight_decay, decay = s.decay;
   const float b1 = s.beta1, omb1 = s.one_minus_beta1, b2 = s.beta2, omb2 = s.one_minus_beta2;
   const float eps = s.eps, step_size = s.step_size, bc2_sqrt = s.bc2_sqrt;
   const bool low = s.lerp_low, l2 = wd != 0.f, amsgrad = s.amsgrad;
   for (int64_t i = 0; i < n; ++i) {
-    float param = to_float(p[i]);
-    float grad = to_float(g[i]) * factor;
+    float param = p[i];
+    float grad = g[i] * factor;
     if (l2) grad = grad + wd * param;
     param = param * decay;
     const float exp_avg = lerp(m[i], grad, omb1, b1, low);
@@ -35,8 +38,15 @@ void adam_impl(T* __restrict p, const T* __restrict g, float* __restrict m, floa
     }
     const float denom = __builtin_sqrtf(second) / bc2_sqrt + eps;
     param = param + (-step_size) * exp_avg / denom;
-    p[i] = StoreAs<T>::from(param);
+    p[i] = param;
   }
+}
+
+template <typename T>
+void adam_impl(T* p, const T* g, float* m, float* v, float* vmax, int64_t n, const AdamScalars& s) {
+  for_blocks(p, g, n, [&](float* pb, const float* gb, int64_t off, int64_t len) {
+    adam_f32(pb, gb, m + off, v + off, vmax != nullptr ? vmax + off : nullptr, len, s);
+  });
 }
 
 }  // namespace

@@ -8,6 +8,10 @@
 // every thread count therefore produces the same bits for the same chunk.
 #include <cstdint>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/kernels.h"
 
 namespace playbook {
@@ -20,25 +24,47 @@ namespace {
 
 constexpr int kLanes = 16;
 
-template <typename T>
-double sumsq_impl(const T* __restrict x, int64_t n) {
-  double acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = 0.0;
+static_assert(kBlock % kLanes == 0, "blocks must keep element i in lane i % kLanes");
+
+// Adds x[i]^2 to acc[i % kLanes] for i in [0, n).
+void accumulate(double* __restrict acc, const float* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
-      const double v = static_cast<double>(to_float(x[i + j]));
+      const double v = static_cast<double>(x[i + j]);
       acc[j] += v * v;
     }
   }
   for (int j = 0; i + j < n; ++j) {
-    const double v = static_cast<double>(to_float(x[i + j]));
+    const double v = static_cast<double>(x[i + j]);
     acc[j] += v * v;
   }
+}
+
+double combine(double* acc) {
   for (int width = kLanes / 2; width > 0; width /= 2) {
     for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
   }
   return acc[0];
+}
+
+double sumsq_impl(const float* x, int64_t n) {
+  double acc[kLanes] = {};
+  accumulate(acc, x, n);
+  return combine(acc);
+}
+
+// 16-bit storage: widened block by block (NOTE: [16-bit blocks]); same lanes as above.
+template <typename T>
+double sumsq_impl(const T* x, int64_t n) {
+  double acc[kLanes] = {};
+  float block[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    load_block(block, x + b, len);
+    accumulate(acc, block, len);
+  }
+  return combine(acc);
 }
 
 }  // namespace

@@ -2,6 +2,10 @@
 // (NOTE: [SIMD dispatch]). Formulas: NOTE: [Update formulas]; scalars from csrc/cpu/sgd.cpp.
 #include <cstdint>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/kernels.h"
 
 namespace playbook {
@@ -12,15 +16,14 @@ namespace PLAYBOOK_CPU_ISA {
 
 namespace {
 
-template <typename T>
-void sgd_impl(T* __restrict p, const T* __restrict g, float* __restrict buf, int64_t n,
-              const SGDScalars& s) {
+void sgd_f32(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n,
+             const SGDScalars& s) {
   const float factor = s.grad_factor, wd = s.weight_decay, lr = s.lr, mu = s.momentum;
   const float omd = s.one_minus_dampening;
   const bool l2 = wd != 0.f, first = s.first, nesterov = s.nesterov, has_momentum = s.has_momentum;
   for (int64_t i = 0; i < n; ++i) {
-    float param = to_float(p[i]);
-    float grad = to_float(g[i]) * factor;
+    float param = p[i];
+    float grad = g[i] * factor;
     if (l2) grad = grad + wd * param;
     if (has_momentum) {
       const float b = first ? grad : buf[i] * mu + omd * grad;
@@ -28,8 +31,15 @@ void sgd_impl(T* __restrict p, const T* __restrict g, float* __restrict buf, int
       grad = nesterov ? grad + mu * b : b;
     }
     param = param + (-lr) * grad;
-    p[i] = StoreAs<T>::from(param);
+    p[i] = param;
   }
+}
+
+template <typename T>
+void sgd_impl(T* p, const T* g, float* buf, int64_t n, const SGDScalars& s) {
+  for_blocks(p, g, n, [&](float* pb, const float* gb, int64_t off, int64_t len) {
+    sgd_f32(pb, gb, buf != nullptr ? buf + off : nullptr, len, s);
+  });
 }
 
 }  // namespace
