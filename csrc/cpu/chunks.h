@@ -28,7 +28,7 @@ inline void* element_ptr(const TensorDesc& t, int64_t offset) {
 
 // Chunks below this many elements in total run on the calling thread only: waking the pool
 // costs more than the work.
-constexpr int64_t kMinParallelElements = 1 << 16;
+constexpr int64_t kMinParallelElements = 1 << 19;
 
 inline int threads_for(int64_t total_elements, int num_threads) {
   return total_elements < kMinParallelElements ? 1 : num_threads;

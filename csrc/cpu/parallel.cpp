@@ -19,7 +19,7 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -36,9 +36,9 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       wanted_ = extra;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
-    cv_.notify_all();
+    if (sleeping_.load(std::memory_order_acquire) > 0) cv_.notify_all();
     drain();
     // Wait for the helpers to finish their last item (brief spin; items are short).
     while (active_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
@@ -61,13 +61,25 @@ class ThreadPool {
     }
   }
 
+  // NOTE: [Spinning workers]
+  // An optimizer step is two parallel regions back to back (norm, then update), each often only
+  // tens of microseconds long: a worker spins briefly for the next region before it sleeps, so
+  // the second region does not pay a futex wake-up.
   void worker_loop(int id) {
     uint64_t seen = 0;
     for (;;) {
+      for (int spin = 0; spin < kSpinIterations; ++spin) {
+        if (generation_.load(std::memory_order_acquire) != seen) break;
+        cpu_relax();
+      }
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        if (generation_.load(std::memory_order_relaxed) == seen) {
+          sleeping_.fetch_add(1, std::memory_order_acq_rel);
+          cv_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+          sleeping_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+        seen = generation_.load(std::memory_order_relaxed);
         if (stop_) return;
         if (id >= wanted_) continue;  // this region uses fewer threads
       }
@@ -80,7 +92,14 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
-  uint64_t generation_ = 0;
+  static constexpr int kSpinIterations = 2000;  // a few microseconds of pause instructions
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleeping_{0};
   int wanted_ = 0;
   bool stop_ = false;
   std::atomic<int64_t> next_{0};
