@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from playbook.tune import plots as _plots
 from playbook.tune.analysis import Analysis
+from playbook.tune.cli import _fmt  # one cell formatter for the text and HTML tables
 
 __all__ = ["write_report", "render_html", "data_uri"]
 
@@ -48,14 +48,6 @@ def data_uri(path: "str | Path", mime: str = "image/png") -> str:
     """``data:`` URI embedding a file (base64)."""
     payload = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f"data:{mime};base64,{payload}"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
