@@ -124,6 +124,41 @@ std::vector<size_t> active(const Ptrs& grad_ptrs) {
   return idx;
 }
 
+// The entries of a per-param state list for the params in idx.
+std::vector<float*> pick(const std::vector<float*>& state, const std::vector<size_t>& idx) {
+  std::vector<float*> out;
+  out.reserve(idx.size());
+  for (size_t i : idx) out.push_back(state[i]);
+  return out;
+}
+
+// Param and grad descriptors of the params that have a grad this step; returns their indices.
+std::vector<size_t> pick_params(const ParamLayout& layout, const Ptrs& param_ptrs, const Ptrs& grad_ptrs,
+                                std::vector<TensorDesc>* params, std::vector<TensorDesc>* grads) {
+  layout.check_ptrs(param_ptrs, "param");
+  layout.check_ptrs(grad_ptrs, "grad");
+  std::vector<size_t> idx = active(grad_ptrs);
+  for (size_t i : idx) {
+    params->push_back(layout.desc(i, param_ptrs[i]));
+    grads->push_back(layout.desc(i, grad_ptrs[i]));
+  }
+  return idx;
+}
+
+// Runs a family's CPU or CUDA entry point, by the plan's device.
+template <typename Tensors, typename Hyper>
+void run_step(const ParamLayout& layout, const Tensors& t, const Hyper& h, int64_t step_values_ptr,
+              int num_threads, int64_t stream,
+              void (*cpu_step)(const Tensors&, const Hyper&, const float*, int),
+              void (*cuda_step)(const Tensors&, const Hyper&, const float*, int, void*)) {
+  const float* values = as_ptr<const float>(step_values_ptr);
+  if (layout.device == kCPUDevice) {
+    cpu_step(t, h, values, num_threads);
+  } else {
+    cuda_step(t, h, values, layout.device, as_stream(stream));
+  }
+}
+
 class AdamPlan {
  public:
   AdamPlan(int device, const Ptrs& numels, const std::vector<int>& dtypes, const Ptrs& exp_avgs,
@@ -141,18 +176,13 @@ class AdamPlan {
   void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
             float beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
             int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
-    layout_.check_ptrs(param_ptrs, "param");
-    layout_.check_ptrs(grad_ptrs, "grad");
     PLAYBOOK_CHECK(!amsgrad || !max_exp_avg_sqs_.empty(), "amsgrad=True but the plan has no max_exp_avg_sq state");
     AdamTensors t;
-    for (size_t i : active(grad_ptrs)) {
-      t.params.push_back(layout_.desc(i, param_ptrs[i]));
-      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
-      t.exp_avgs.push_back(exp_avgs_[i]);
-      t.exp_avg_sqs.push_back(exp_avg_sqs_[i]);
-      if (amsgrad) t.max_exp_avg_sqs.push_back(max_exp_avg_sqs_[i]);
-      t.steps.push_back(steps_[i]);
-    }
+    const std::vector<size_t> idx = pick_params(layout_, param_ptrs, grad_ptrs, &t.params, &t.grads);
+    t.exp_avgs = pick(exp_avgs_, idx);
+    t.exp_avg_sqs = pick(exp_avg_sqs_, idx);
+    if (amsgrad) t.max_exp_avg_sqs = pick(max_exp_avg_sqs_, idx);
+    t.steps = pick(steps_, idx);
     AdamHyper h;
     h.lr = lr;
     h.lr_ptr = as_ptr<const float>(lr_ptr);
@@ -164,12 +194,7 @@ class AdamPlan {
     h.amsgrad = amsgrad;
     h.maximize = maximize;
     h.variant = static_cast<Variant>(variant);
-    const float* values = as_ptr<const float>(step_values_ptr);
-    if (layout_.device == kCPUDevice) {
-      cpu::adam_step(t, h, values, num_threads);
-    } else {
-      cuda::adam_step(t, h, values, layout_.device, as_stream(stream));
-    }
+    run_step(layout_, t, h, step_values_ptr, num_threads, stream, &cpu::adam_step, &cuda::adam_step);
   }
 
  private:
@@ -193,17 +218,12 @@ class NAdamPlan {
   void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
             float beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
             bool maximize, int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
-    layout_.check_ptrs(param_ptrs, "param");
-    layout_.check_ptrs(grad_ptrs, "grad");
     NAdamTensors t;
-    for (size_t i : active(grad_ptrs)) {
-      t.params.push_back(layout_.desc(i, param_ptrs[i]));
-      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
-      t.exp_avgs.push_back(exp_avgs_[i]);
-      t.exp_avg_sqs.push_back(exp_avg_sqs_[i]);
-      t.mu_products.push_back(mu_products_[i]);
-      t.steps.push_back(steps_[i]);
-    }
+    const std::vector<size_t> idx = pick_params(layout_, param_ptrs, grad_ptrs, &t.params, &t.grads);
+    t.exp_avgs = pick(exp_avgs_, idx);
+    t.exp_avg_sqs = pick(exp_avg_sqs_, idx);
+    t.mu_products = pick(mu_products_, idx);
+    t.steps = pick(steps_, idx);
     NAdamHyper h;
     h.lr = lr;
     h.lr_ptr = as_ptr<const float>(lr_ptr);
@@ -215,12 +235,7 @@ class NAdamPlan {
     h.decoupled_weight_decay = decoupled;
     h.maximize = maximize;
     h.variant = static_cast<Variant>(variant);
-    const float* values = as_ptr<const float>(step_values_ptr);
-    if (layout_.device == kCPUDevice) {
-      cpu::nadam_step(t, h, values, num_threads);
-    } else {
-      cuda::nadam_step(t, h, values, layout_.device, as_stream(stream));
-    }
+    run_step(layout_, t, h, step_values_ptr, num_threads, stream, &cpu::nadam_step, &cuda::nadam_step);
   }
 
  private:
@@ -242,17 +257,12 @@ class SGDPlan {
   void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float momentum,
             float dampening, float weight_decay, bool nesterov, bool maximize, int64_t step_values_ptr,
             int num_threads, int64_t stream) const {
-    layout_.check_ptrs(param_ptrs, "param");
-    layout_.check_ptrs(grad_ptrs, "grad");
     PLAYBOOK_CHECK(momentum == 0.f || !momentum_buffers_.empty(), "momentum=", momentum,
                    " but the plan has no momentum buffers");
     SGDTensors t;
-    for (size_t i : active(grad_ptrs)) {
-      t.params.push_back(layout_.desc(i, param_ptrs[i]));
-      t.grads.push_back(layout_.desc(i, grad_ptrs[i]));
-      if (momentum != 0.f) t.momentum_buffers.push_back(momentum_buffers_[i]);
-      t.steps.push_back(steps_[i]);
-    }
+    const std::vector<size_t> idx = pick_params(layout_, param_ptrs, grad_ptrs, &t.params, &t.grads);
+    if (momentum != 0.f) t.momentum_buffers = pick(momentum_buffers_, idx);
+    t.steps = pick(steps_, idx);
     SGDHyper h;
     h.lr = lr;
     h.lr_ptr = as_ptr<const float>(lr_ptr);
@@ -261,12 +271,7 @@ class SGDPlan {
     h.weight_decay = weight_decay;
     h.nesterov = nesterov;
     h.maximize = maximize;
-    const float* values = as_ptr<const float>(step_values_ptr);
-    if (layout_.device == kCPUDevice) {
-      cpu::sgd_step(t, h, values, num_threads);
-    } else {
-      cuda::sgd_step(t, h, values, layout_.device, as_stream(stream));
-    }
+    run_step(layout_, t, h, step_values_ptr, num_threads, stream, &cpu::sgd_step, &cuda::sgd_step);
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 #include "playbook/tensor.h"
 
 namespace playbook {
@@ -38,6 +39,14 @@ inline int64_t total_numel(const std::vector<TensorDesc>& tensors) {
   int64_t n = 0;
   for (const TensorDesc& t : tensors) n += t.numel;
   return n;
+}
+
+// Runs fn(chunk) for every chunk of `tensors` on the pool (small problems on the calling thread).
+template <typename Fn>
+void for_each_chunk(const std::vector<TensorDesc>& tensors, int num_threads, const Fn& fn) {
+  const std::vector<Chunk> chunks = make_chunks(tensors);
+  parallel_for(static_cast<int64_t>(chunks.size()), threads_for(total_numel(tensors), num_threads),
+               [&](int64_t c) { fn(chunks[static_cast<size_t>(c)]); });
 }
 
 }  // namespace cpu

@@ -52,16 +52,12 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
     s.step_size = static_cast<float>(lr * std::sqrt(bc2) / bc1);
   }
 
-  const std::vector<Chunk> chunks = make_chunks(t.params);
   const KernelTable& k = kernels();
-  parallel_for(static_cast<int64_t>(chunks.size()), threads_for(total_numel(t.params), num_threads),
-               [&](int64_t c) {
-                 const Chunk& ch = chunks[c];
-                 const size_t i = static_cast<size_t>(ch.tensor);
-                 k.nadam(element_ptr(t.params[i], ch.begin), element_ptr(t.grads[i], ch.begin),
-                         t.exp_avgs[i] + ch.begin, t.exp_avg_sqs[i] + ch.begin, ch.size,
-                         t.params[i].dtype, scalars[i]);
-               });
+  for_each_chunk(t.params, num_threads, [&](const Chunk& ch) {
+    const size_t i = static_cast<size_t>(ch.tensor);
+    k.nadam(element_ptr(t.params[i], ch.begin), element_ptr(t.grads[i], ch.begin), t.exp_avgs[i] + ch.begin,
+            t.exp_avg_sqs[i] + ch.begin, ch.size, t.params[i].dtype, scalars[i]);
+  });
   for (size_t i = 0; i < n; ++i) {
     *t.steps[i] += 1.f;
     *t.mu_products[i] = static_cast<float>(*t.mu_products[i] * mus[i]);

@@ -65,6 +65,23 @@ def _check_variant(variant: str) -> None:
 VARIANTS = {"torch": 0, "playbook": 1}
 
 
+def _check_adam_group(group: dict[str, Any], extra_nonneg: tuple[str, ...] = ()) -> None:
+    """torch-style checks of an Adam-family param group; normalizes ``betas`` to floats."""
+    _check_lr(group["lr"])
+    group["betas"] = _check_beta(group["betas"])
+    _check_nonneg("epsilon", group["eps"])
+    _check_nonneg("weight_decay", group["weight_decay"])
+    for name in extra_nonneg:
+        _check_nonneg(name, group[name])
+    _check_variant(group["variant"])
+    _check_not_differentiable(group)
+
+
+def _check_not_differentiable(group: dict[str, Any]) -> None:
+    if group.get("differentiable"):
+        raise ValueError("differentiable=True is not supported by playbook's fused optimizers")
+
+
 def _dense(t: torch.Tensor) -> bool:
     """Contiguous in some memory format: the kernels walk such a tensor as a flat array."""
     if t.is_contiguous():

@@ -7,9 +7,7 @@ from typing import Any, Iterable
 import torch
 
 from playbook import _C
-from playbook.optim._base import (
-    VARIANTS, FusedOptimizer, _check_beta, _check_lr, _check_nonneg, _check_variant, _DevicePlan,
-)
+from playbook.optim._base import VARIANTS, FusedOptimizer, _check_adam_group, _DevicePlan
 
 
 class Adam(FusedOptimizer):
@@ -85,13 +83,7 @@ class Adam(FusedOptimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history)
 
     def _validate_group(self, group: dict[str, Any], gi: int | None) -> None:
-        _check_lr(group["lr"])
-        group["betas"] = _check_beta(group["betas"])
-        _check_nonneg("epsilon", group["eps"])
-        _check_nonneg("weight_decay", group["weight_decay"])
-        _check_variant(group["variant"])
-        if group.get("differentiable"):
-            raise ValueError("differentiable=True is not supported by playbook's fused optimizers")
+        _check_adam_group(group)
 
     def _group_defaults(self) -> dict[str, Any]:
         return {**super()._group_defaults(), "amsgrad": False, "decoupled_weight_decay": False}

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import torch
 
 from playbook import _C
-from playbook.optim._base import FusedOptimizer, _check_lr, _check_nonneg, _DevicePlan
+from playbook.optim._base import FusedOptimizer, _check_lr, _check_nonneg, _check_not_differentiable, _DevicePlan
 
 
 class SGD(FusedOptimizer):
@@ -59,8 +59,7 @@ class SGD(FusedOptimizer):
                 f"Nesterov momentum requires a momentum and zero dampening, got momentum={group['momentum']}, "
                 f"dampening={group['dampening']}"
             )
-        if group.get("differentiable"):
-            raise ValueError("differentiable=True is not supported by playbook's fused optimizers")
+        _check_not_differentiable(group)
 
     def _group_defaults(self) -> dict[str, Any]:
         return {"maximize": False, "dampening": 0.0, "nesterov": False}
