@@ -1,0 +1,67 @@
+# Type stub of the compiled core (csrc/bindings.cpp). Pointers are ints (tensor.data_ptr()),
+# device is -1 for the CPU or a CUDA ordinal, stream is torch's cudaStream_t as an int (0 on CPU).
+
+kStepValues: int
+kCounters: int
+kNormIdx: int
+kGradFactorIdx: int
+kSkipIdx: int
+kStepsSeenIdx: int
+kSkippedIdx: int
+kClippedIdx: int
+
+class CoreValueError(ValueError): ...
+
+def version() -> str: ...
+def cuda_compiled() -> bool: ...
+def cuda_archs() -> str: ...
+def simd_level() -> str: ...
+def simd_levels() -> list[str]: ...
+def set_simd_level(level: str) -> bool: ...
+
+class GradNormPlan:
+    def __init__(self, device: int, numels: list[int], dtypes: list[int]) -> None: ...
+    def scratch_bytes(self) -> int: ...
+    def sumsq(
+        self, grad_ptrs: list[int], per_tensor_ptr: int, total_ptr: int, num_threads: int,
+        scratch_ptr: int, scratch_bytes: int, stream: int,
+    ) -> None: ...
+
+def finalize_grad_norm(
+    device: int, total_ptr: int, max_norm: float, skip_nonfinite: bool, grad_scale_ptr: int,
+    found_inf_ptr: int, values_ptr: int, counters_ptr: int, history_ptr: int, history_size: int,
+    stream: int,
+) -> None: ...
+
+class AdamPlan:
+    def __init__(
+        self, device: int, numels: list[int], dtypes: list[int], exp_avgs: list[int],
+        exp_avg_sqs: list[int], max_exp_avg_sqs: list[int], steps: list[int],
+    ) -> None: ...
+    def step(
+        self, param_ptrs: list[int], grad_ptrs: list[int], lr: float, lr_ptr: int, beta1: float,
+        beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool,
+        variant: int, step_values_ptr: int, num_threads: int, stream: int,
+    ) -> None: ...
+
+class NAdamPlan:
+    def __init__(
+        self, device: int, numels: list[int], dtypes: list[int], exp_avgs: list[int],
+        exp_avg_sqs: list[int], mu_products: list[int], steps: list[int],
+    ) -> None: ...
+    def step(
+        self, param_ptrs: list[int], grad_ptrs: list[int], lr: float, lr_ptr: int, beta1: float,
+        beta2: float, eps: float, weight_decay: float, momentum_decay: float, decoupled: bool,
+        maximize: bool, variant: int, step_values_ptr: int, num_threads: int, stream: int,
+    ) -> None: ...
+
+class SGDPlan:
+    def __init__(
+        self, device: int, numels: list[int], dtypes: list[int], momentum_buffers: list[int],
+        steps: list[int],
+    ) -> None: ...
+    def step(
+        self, param_ptrs: list[int], grad_ptrs: list[int], lr: float, lr_ptr: int, momentum: float,
+        dampening: float, weight_decay: float, nesterov: bool, maximize: bool, step_values_ptr: int,
+        num_threads: int, stream: int,
+    ) -> None: ...
