@@ -1,8 +1,8 @@
 # Compile the CPU kernels once per SIMD level; csrc/cpu/dispatch.cpp picks one at run time.
 #
 # Each kernel source is compiled three times into namespaces playbook::cpu::{portable,avx2,avx512}
-# (macro PLAYBOOK_CPU_ISA). No -march=native: the wheel must run on any x86-64, so only the
-# kernels compiled for a level the CPU reports are ever called. No -ffast-math: it deletes NaN
+# (macro PLAYBOOK_CPU_ISA). No native-arch flag: the wheel must run on any x86-64, so only the
+# kernels compiled for a level the CPU reports are ever called. No fast-math flag: it deletes NaN
 # checks. -fno-math-errno lets sqrtf vectorize; -ffp-contract=off keeps every level bit-identical.
 set(PLAYBOOK_SIMD_COMMON_FLAGS -O3 -fno-math-errno -ffp-contract=off -fno-trapping-math)
 
