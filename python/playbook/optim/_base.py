@@ -135,7 +135,8 @@ class _GradNormState:
 
 @dataclass
 class _LastStep:
-    norm_plans: list[tuple[_NormPlan, list[torch.Tensor], list[int]]] = field(default_factory=list)
+    # per device: its norm plan, the device plans in norm order, the grad pointers of the step
+    norm_plans: list[tuple[_NormPlan, list[_DevicePlan], list[int]]] = field(default_factory=list)
     grad_scale: torch.Tensor | None = None
 
 
@@ -449,7 +450,7 @@ class FusedOptimizer(Optimizer):
                 ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
                 ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
             )
-            last.norm_plans.append((np_, list(chain.from_iterable(dp.params for dp in dps)), ptrs))
+            last.norm_plans.append((np_, dps, ptrs))
             totals.append(np_.total)
 
         # 2. Global norm, clip factor and skip flag on the first device.
@@ -517,7 +518,8 @@ class FusedOptimizer(Optimizer):
         out = torch.full((len(all_params),), float("nan"), dtype=torch.float64)
         index = {id(p): i for i, p in enumerate(all_params)}
         scale = 1.0 if self._last.grad_scale is None else float(self._last.grad_scale.to("cpu"))
-        for np_, params, ptrs in self._last.norm_plans:
+        for np_, dps, ptrs in self._last.norm_plans:
+            params = chain.from_iterable(dp.params for dp in dps)
             sumsq = np_.per_tensor.to("cpu")
             for j, (p, gp) in enumerate(zip(params, ptrs)):
                 if gp != 0:
