@@ -185,18 +185,14 @@ void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_value
   args.maximize = h.maximize;
   args.playbook_variant = h.variant == Variant::kPlaybook;
 
-  const std::vector<std::vector<size_t>> groups = group_by_dtype(t.params);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (groups[gi].empty()) continue;
-    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      if (h.amsgrad) {
-        launch_adam<T, true>(t, groups[gi], args, sms, s);
-      } else {
-        launch_adam<T, false>(t, groups[gi], args, sms, s);
-      }
-    });
-  }
+  for_each_dtype_group(t.params, [&](auto tag, const std::vector<size_t>& idx) {
+    using T = typename decltype(tag)::type;
+    if (h.amsgrad) {
+      launch_adam<T, true>(t, idx, args, sms, s);
+    } else {
+      launch_adam<T, false>(t, idx, args, sms, s);
+    }
+  });
   // After every update launch has read steps[i] (same stream): steps[i] += 1 unless skipped.
   advance_steps(t.steps, nullptr, StepAdvanceArgs{step_values, 0.0, 0.0}, s);
 }

@@ -134,6 +134,17 @@ inline std::vector<std::vector<size_t>> group_by_dtype(const std::vector<TensorD
 }
 constexpr DType kGroupDTypes[3] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
+// Calls f(TypeTag<T>{}, indices) once per storage dtype present in `tensors` (one launch family
+// per dtype), with the indices of the tensors of that dtype in list order.
+template <typename F>
+void for_each_dtype_group(const std::vector<TensorDesc>& tensors, F&& f) {
+  const std::vector<std::vector<size_t>> groups = group_by_dtype(tensors);
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    if (groups[gi].empty()) continue;
+    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) { f(tag, groups[gi]); });
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Device side: storage <-> opmath conversions and kILP-wide loads/stores.
 // ---------------------------------------------------------------------------------------------

@@ -186,14 +186,10 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   args.maximize = h.maximize;
   args.playbook_variant = h.variant == Variant::kPlaybook;
 
-  const std::vector<std::vector<size_t>> groups = group_by_dtype(t.params);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (groups[gi].empty()) continue;
-    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      launch_nadam<T>(t, groups[gi], args, sms, s);
-    });
-  }
+  for_each_dtype_group(t.params, [&](auto tag, const std::vector<size_t>& idx) {
+    using T = typename decltype(tag)::type;
+    launch_nadam<T>(t, idx, args, sms, s);
+  });
   // After every update launch has read steps[i] and mu_products[i] (same stream): advance both
   // unless skipped; mu_products advance in both variants, as on the CPU.
   advance_steps(t.steps, &t.mu_products,

@@ -214,22 +214,18 @@ void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, dou
 
   // 1. Chunk partials, one launch family per storage dtype.
   const int sms = sm_count(device);
-  const std::vector<std::vector<size_t>> groups = group_by_dtype(tensors);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (groups[gi].empty()) continue;
+  for_each_dtype_group(tensors, [&](auto tag, const std::vector<size_t>& idx) {
+    using T = typename decltype(tag)::type;
     std::vector<std::array<void*, kSumsqDepth>> rows;
     std::vector<int64_t> numels;
-    rows.reserve(groups[gi].size());
-    numels.reserve(groups[gi].size());
-    for (size_t i : groups[gi]) {
+    rows.reserve(idx.size());
+    numels.reserve(idx.size());
+    for (size_t i : idx) {
       rows.push_back({tensors[i].data, static_cast<void*>(partials + chunk_offset[i])});
       numels.push_back(tensors[i].numel);
     }
-    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      multi_tensor_apply<kSumsqDepth>(rows, numels, SumsqFunctor<T>{}, sms, s);
-    });
-  }
+    multi_tensor_apply<kSumsqDepth>(rows, numels, SumsqFunctor<T>{}, sms, s);
+  });
 
   // 2. Per-tensor sums (tensors without elements get 0: an empty segment).
   SegmentTable table{};

@@ -146,18 +146,14 @@ void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, 
   args.nesterov = h.nesterov;
   args.maximize = h.maximize;
 
-  const std::vector<std::vector<size_t>> groups = group_by_dtype(t.params);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (groups[gi].empty()) continue;
-    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      if (has_momentum) {
-        launch_sgd<T, true>(t, groups[gi], args, sms, s);
-      } else {
-        launch_sgd<T, false>(t, groups[gi], args, sms, s);
-      }
-    });
-  }
+  for_each_dtype_group(t.params, [&](auto tag, const std::vector<size_t>& idx) {
+    using T = typename decltype(tag)::type;
+    if (has_momentum) {
+      launch_sgd<T, true>(t, idx, args, sms, s);
+    } else {
+      launch_sgd<T, false>(t, idx, args, sms, s);
+    }
+  });
   // After every update launch has read steps[i] (same stream): steps[i] += 1 unless skipped.
   advance_steps(t.steps, nullptr, StepAdvanceArgs{step_values, 0.0, 0.0}, s);
 }
