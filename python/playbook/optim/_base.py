@@ -200,11 +200,17 @@ class FusedOptimizer(Optimizer):
             "skip_nonfinite": self.skip_nonfinite,
             "history": self._history,
         }
+        # The norm history and counters (grad_norms(), skipped_steps, clip_fraction()), as
+        # state_dict() keeps them; the plans are rebuilt on the next step.
+        state["_playbook_grad_norms"] = self._gn
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         settings = state.pop("_playbook_settings", None)
+        gn = state.pop("_playbook_grad_norms", None)
         super().__setstate__(state)
+        if gn is not None:
+            self._gn = gn
         if settings is not None:
             self._max_grad_norm = settings["max_grad_norm"]
             self.skip_nonfinite = settings["skip_nonfinite"]
@@ -223,7 +229,35 @@ class FusedOptimizer(Optimizer):
         """Keys a group loaded from a torch.optim state dict may lack."""
         return {"variant": "torch", "capturable": False, "maximize": False}
 
+    def __repr__(self) -> str:
+        """torch's listing of the param groups (``variant`` among their keys), then the settings
+        that belong to the whole optimizer."""
+        text = super().__repr__()
+        settings = (
+            f"Optimizer settings\n    max_grad_norm: {self._max_grad_norm}\n"
+            f"    skip_nonfinite: {self.skip_nonfinite}\n    history: {self._history}\n"
+        )
+        return text[:-1] + settings + text[-1:]
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (torch's checks), refusing params the kernels cannot take first.
+
+        The params are checked as ``step()`` checks them (dtype, device, sparse, contiguous),
+        with the same messages, before the group is added.
+        """
+        if isinstance(param_group, dict):
+            params = param_group.get("params")
+            if params is not None and not isinstance(params, (torch.Tensor, set)):
+                params = param_group["params"] = list(params)  # may be a generator: read it once
+            if isinstance(params, torch.Tensor):
+                params = [params]
+            if isinstance(params, list):
+                gi = len(getattr(self, "param_groups", ()))
+                for pi, p in enumerate(params):
+                    if isinstance(p, tuple) and len(p) == 2:  # (name, param)
+                        p = p[1]
+                    if isinstance(p, torch.Tensor):
+                        self._check_param_tensor(p, f"param {pi} of param group {gi}")
         super().add_param_group(param_group)
         if hasattr(self, "_groups"):
             self._invalidate()
@@ -265,6 +299,14 @@ class FusedOptimizer(Optimizer):
 
     def _validate_param(self, p: torch.Tensor, gi: int, pi: int) -> None:
         where = f"param {pi} of param group {gi}"
+        self._check_param_tensor(p, where)
+        g = p.grad
+        if g is not None:
+            self._validate_grad(p, g, where)
+
+    @staticmethod
+    def _check_param_tensor(p: torch.Tensor, where: str) -> None:
+        """What the kernels need of a param itself: at construction, add_param_group and step."""
         dtype_code(p.dtype, where)
         device_index(p.device)
         if p.is_sparse:
@@ -274,9 +316,6 @@ class FusedOptimizer(Optimizer):
                 f"{where} is not contiguous (shape {tuple(p.shape)}, stride {p.stride()}); "
                 "make it contiguous before creating the optimizer"
             )
-        g = p.grad
-        if g is not None:
-            self._validate_grad(p, g, where)
 
     @staticmethod
     def _validate_grad(p: torch.Tensor, g: torch.Tensor, where: str) -> None:
@@ -287,6 +326,11 @@ class FusedOptimizer(Optimizer):
             )
         if g.is_complex():
             raise TypeError(f"grad of {where} is complex ({g.dtype}); playbook's kernels take real dtypes")
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise ValueError(
+                f"grad of {where} has shape {tuple(g.shape)}, dtype {g.dtype}, device {g.device}, but its param "
+                f"has shape {tuple(p.shape)}, dtype {p.dtype}, device {p.device}"
+            )
         if g.stride() != p.stride() and not (g.is_contiguous() and p.is_contiguous()):
             raise ValueError(
                 f"grad of {where} has stride {g.stride()} but its param has stride {p.stride()}; "
@@ -315,13 +359,7 @@ class FusedOptimizer(Optimizer):
             states = [self.state[p] for p in with_state]
             for p, st in zip(with_state, states):
                 for key in self._buffer_keys(group):
-                    buf = st[key]
-                    if buf.shape != p.shape or buf.dtype != torch.float32 or buf.device != p.device or buf.stride() != p.stride():
-                        raise ValueError(
-                            f"optimizer state {key!r} of a param of shape {tuple(p.shape)} on {p.device} has "
-                            f"shape {tuple(buf.shape)}, dtype {buf.dtype}, device {buf.device}; expected float32 "
-                            "laid out like the param"
-                        )
+                    self._check_buffer(p, key, st[key])
             plan = self._make_plan(device_index(device), numels, dtypes, states, group)
             devices.append(_DevicePlan(
                 device, with_state, stateless, [p.data_ptr() for p in with_state], numels, dtypes, plan,
@@ -332,6 +370,47 @@ class FusedOptimizer(Optimizer):
         self._norm_plans = {}
         self._layout_version += 1
         return cache
+
+    @staticmethod
+    def _check_buffer(p: torch.Tensor, key: str, buf: Any) -> None:
+        if (
+            not isinstance(buf, torch.Tensor) or buf.shape != p.shape or buf.dtype != torch.float32
+            or buf.device != p.device or buf.stride() != p.stride()
+        ):
+            found = (
+                f"shape {tuple(buf.shape)}, dtype {buf.dtype}, device {buf.device}"
+                if isinstance(buf, torch.Tensor) else f"type {type(buf).__name__}"
+            )
+            raise ValueError(
+                f"optimizer state {key!r} of a param of shape {tuple(p.shape)} on {p.device} has "
+                f"{found}; expected float32 laid out like the param"
+            )
+
+    def _needs_build(self, gi: int, group: dict[str, Any]) -> bool:
+        """Whether group ``gi``'s plans must be rebuilt (new params, storage, state or grads)."""
+        cache = self._groups.get(gi)
+        if cache is None or cache.params is not group["params"] or cache.length != len(group["params"]):
+            return True
+        keys = self._buffer_keys(group)
+        return any(
+            any(p.grad is not None for p in dp.stateless)
+            or [p.data_ptr() for p in dp.params] != dp.param_ptrs
+            or keys != dp.buffer_keys
+            for dp in cache.devices
+        )
+
+    def _check_build(self, gi: int, group: dict[str, Any]) -> None:
+        """Every check ``_build_group`` makes, writing nothing (NOTE: [All-or-nothing step])."""
+        params = group["params"]
+        for pi, p in enumerate(params):
+            self._validate_param(p, gi, pi)
+        keys = self._buffer_keys(group)
+        for p in params:
+            st = self.state.get(p)
+            if st:
+                for key in keys:
+                    if st.get(key) is not None:
+                        self._check_buffer(p, key, st[key])
 
     def _grad_ptrs(self, dp: _DevicePlan, grads: list[torch.Tensor | None]) -> list[int]:
         if dp.all_contiguous:
@@ -349,23 +428,29 @@ class FusedOptimizer(Optimizer):
 
     def _prepare_group(self, gi: int, group: dict[str, Any], rebuilt: bool = False) -> list[tuple[_DevicePlan, list[int], list[int]]]:
         cache = self._groups.get(gi)
-        if cache is None or cache.params is not group["params"] or cache.length != len(group["params"]):
+        if not rebuilt and self._needs_build(gi, group):
             cache = self._build_group(gi, group)
         out = []
         for dp in cache.devices:
-            stale = (
-                any(p.grad is not None for p in dp.stateless)
-                or [p.data_ptr() for p in dp.params] != dp.param_ptrs
-                or self._buffer_keys(group) != dp.buffer_keys
-            )
-            if stale and not rebuilt:
-                self._build_group(gi, group)
-                return self._prepare_group(gi, group, rebuilt=True)
+            if not dp.params:  # no param of this group/device has had a grad: nothing to update
+                continue
             grads = [p.grad for p in dp.params]
             out.append((dp, dp.param_ptrs, self._grad_ptrs(dp, grads)))
         return out
 
     # ------------------------------------------------------------------ step
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch's step wrapper (profiler range, step hooks), run eagerly under ``torch.compile``.
+
+        NOTE: [Step under torch.compile]
+        The fused step hands data pointers to compiled kernels, which dynamo cannot trace; left to
+        itself it graph-breaks inside the step and recompiles ``_init_state`` per param until the
+        recompile limit. So the whole step (hooks included) is excluded from compilation: a
+        compiled training loop runs its compiled graphs around one eager, fused step.
+        """
+        return torch.compiler.disable(Optimizer.profile_hook_step(func))
+
     def _grad_norm_state(self, device: torch.device) -> _GradNormState:
         gn = self._gn
         if gn is None:
@@ -427,9 +512,26 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # NOTE: [All-or-nothing step]
+        # Every check that can fail runs before the first write (state created by a plan build, the
+        # norm counters, any param): hyperparameters of every group, then each group either needs
+        # no rebuild (its grad pointers are collected, and checked, without writing) or is checked
+        # in full first and built only once every group has passed. Groups (or devices of a group)
+        # none of whose params has had a grad are skipped, as torch does.
+        prepared: dict[int, list] = {}
+        to_build = []
+        for gi, group in enumerate(self.param_groups):
+            self._validate_group(group, gi)
+            if self._needs_build(gi, group):
+                self._check_build(gi, group)
+                to_build.append(gi)
+            else:  # its plans are current: collecting (and checking) grad pointers writes nothing
+                prepared[gi] = self._prepare_group(gi, group, rebuilt=True)
+        for gi in to_build:
+            prepared[gi] = self._prepare_group(gi, self.param_groups[gi])
         work = []
         for gi, group in enumerate(self.param_groups):
-            for item in self._prepare_group(gi, group):
+            for item in prepared[gi]:
                 work.append((group, item))
         if not work:
             return loss
@@ -568,13 +670,43 @@ class FusedOptimizer(Optimizer):
 
         Moment buffers stay float32 whatever the param dtype (torch would cast them to the
         param dtype); ``step`` and ``mu_product`` become float32 scalars on the param's device.
+        Load pre-hooks (``register_load_state_dict_pre_hook``) see the dict first, as in torch,
+        and what they return is what gets loaded; post-hooks run once the float32 buffers are
+        in place.
         """
+        # torch applies the pre-hooks inside Optimizer.load_state_dict and keeps their result to
+        # itself; the float32 buffers below must come from that result (edited state, remapped
+        # ids), so the hooks run here and torch's loader runs with none.
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         state_dict = dict(state_dict)
         stats = state_dict.pop("grad_norm_stats", None)
         saved = state_dict["state"]
-        super().load_state_dict(state_dict)
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        for saved_id, p in zip(saved_ids, chain.from_iterable(g["params"] for g in self.param_groups)):
+        params = list(chain.from_iterable(g["params"] for g in self.param_groups))
+        saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
+        keys_of = {}
+        for g in state_dict["param_groups"]:
+            keys = self._buffer_keys({**self._group_defaults(), **g})
+            keys_of.update((i, keys) for i in g["params"])
+        for saved_id, p in zip(saved_ids, params):  # before anything is written
+            src = saved.get(saved_id, {})
+            for key in keys_of[saved_id]:
+                value = src.get(key)
+                if isinstance(value, torch.Tensor) and value.shape != p.shape:
+                    raise ValueError(
+                        f"state {key!r} has shape {tuple(value.shape)}, but its param has shape {tuple(p.shape)}"
+                    )
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = type(hooks[0])()
+        self._optimizer_load_state_dict_post_hooks = type(hooks[1])()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
+        for saved_id, p in zip(saved_ids, params):
             st = self.state.get(p)
             if not st:
                 continue
@@ -583,8 +715,6 @@ class FusedOptimizer(Optimizer):
             for key in self._buffer_keys(group):
                 value = src.get(key)
                 if isinstance(value, torch.Tensor):
-                    if value.shape != p.shape:
-                        raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, but its param has shape {tuple(p.shape)}")
                     buf = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
                     st[key] = buf.copy_(value)
                 elif key in st and st[key] is None:
@@ -601,6 +731,8 @@ class FusedOptimizer(Optimizer):
             gn = self._gn if self._gn is not None else self._grad_norm_state(first.device)
             self._restore_stats(gn, stats)
         self._invalidate()
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     @staticmethod
     def _restore_stats(gn: _GradNormState, stats: dict[str, Any]) -> None:

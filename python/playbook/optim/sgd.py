@@ -54,6 +54,10 @@ class SGD(FusedOptimizer):
         _check_lr(group["lr"])
         _check_nonneg("momentum", group["momentum"])
         _check_nonneg("weight_decay", group["weight_decay"])
+        try:
+            float(group["dampening"])
+        except (TypeError, ValueError):
+            raise ValueError(f"Invalid dampening value: {group['dampening']!r}") from None
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"Nesterov momentum requires a momentum and zero dampening, got momentum={group['momentum']}, "
