@@ -336,6 +336,21 @@ def test_bad_params_are_refused_at_construction_and_add_param_group(make_bad, ex
     assert opt2.param_groups[1]["params"] == [a]
 
 
+def test_channels_last_params_are_accepted_and_match_torch():
+    src = torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)
+    p, q = torch.nn.Parameter(src.clone()), torch.nn.Parameter(src.clone())
+    assert not p.is_contiguous()
+    opt_p, opt_q = playbook.optim.Adam([p], lr=1e-2), torch.optim.Adam([q], lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        g = torch.randn(4, 3, 3, 3, generator=gen).to(memory_format=torch.channels_last)
+        p.grad, q.grad = g.clone(), g.clone()
+        opt_p.step()
+        opt_q.step()
+    torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert opt_p.state[p]["exp_avg"].stride() == p.stride()
+
+
 # ---------------------------------------------------------------------------- 6. torch.compile
 def _compile_model(seed=0):
     torch.manual_seed(seed)
