@@ -534,6 +534,7 @@ class FusedOptimizer(Optimizer):
             for item in prepared[gi]:
                 work.append((group, item))
         if not work:
+            self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
             return loss
 
         threads = torch.get_num_threads()
