@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from playbook import _C
+from playbook.optim import _distributed
 from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_handle
 
 _is_contiguous = torch.Tensor.is_contiguous
@@ -104,6 +105,7 @@ class _DevicePlan:
     plan: Any  # _C.AdamPlan / NAdamPlan / SGDPlan
     buffer_keys: tuple[str, ...]  # the state buffers the plan was built with
     all_contiguous: bool  # False: grads need the per-step stride check (channels_last params)
+    dtensor: bool = False  # params are DTensors: the kernels take their local shards (_distributed)
 
 
 @dataclass
@@ -159,7 +161,9 @@ class FusedOptimizer(Optimizer):
         max_grad_norm: float | None,
         skip_nonfinite: bool,
         history: int,
+        process_group: Any = None,
     ) -> None:
+        self._process_group = _distributed.check_process_group(process_group)
         self._gn: _GradNormState | None = None
         self._groups: dict[int, _GroupCache] = {}
         self._norm_plans: dict[torch.device, _NormPlan] = {}
@@ -265,6 +269,7 @@ class FusedOptimizer(Optimizer):
 
     def _validate_param(self, p: torch.Tensor, gi: int, pi: int) -> None:
         where = f"param {pi} of param group {gi}"
+        p, g = _distributed.local_param_and_grad(p, where)
         dtype_code(p.dtype, where)
         device_index(p.device)
         if p.is_sparse:
@@ -274,7 +279,6 @@ class FusedOptimizer(Optimizer):
                 f"{where} is not contiguous (shape {tuple(p.shape)}, stride {p.stride()}); "
                 "make it contiguous before creating the optimizer"
             )
-        g = p.grad
         if g is not None:
             self._validate_grad(p, g, where)
 
@@ -310,12 +314,18 @@ class FusedOptimizer(Optimizer):
                     with_state.append(p)
                 else:
                     stateless.append(p)
-            numels = [p.numel() for p in with_state]
-            dtypes = [dtype_code(p.dtype, "param") for p in with_state]
-            states = [self.state[p] for p in with_state]
-            for p, st in zip(with_state, states):
+            dtensor = any(_distributed.is_dtensor(p) for p in with_state)
+            states = [
+                _distributed.local_state(p, self.state[p], self._buffer_keys(group)) for p in with_state
+            ]
+            locals_ = _distributed.local_tensors(with_state)
+            numels = [p.numel() for p in locals_]
+            dtypes = [dtype_code(p.dtype, "param") for p in locals_]
+            for p, st in zip(locals_, states):
                 for key in self._buffer_keys(group):
                     buf = st[key]
+                    if buf.numel() == 1 and p.numel() == 0:
+                        continue  # an empty shard's stand-in (see _distributed._non_null)
                     if buf.shape != p.shape or buf.dtype != torch.float32 or buf.device != p.device or buf.stride() != p.stride():
                         raise ValueError(
                             f"optimizer state {key!r} of a param of shape {tuple(p.shape)} on {p.device} has "
@@ -324,8 +334,8 @@ class FusedOptimizer(Optimizer):
                         )
             plan = self._make_plan(device_index(device), numels, dtypes, states, group)
             devices.append(_DevicePlan(
-                device, with_state, stateless, [p.data_ptr() for p in with_state], numels, dtypes, plan,
-                self._buffer_keys(group), all(p.is_contiguous() for p in with_state),
+                device, with_state, stateless, [p.data_ptr() for p in locals_], numels, dtypes, plan,
+                self._buffer_keys(group), all(p.is_contiguous() for p in locals_), dtensor,
             ))
         cache = _GroupCache(params, len(params), devices)
         self._groups[gi] = cache
@@ -342,7 +352,7 @@ class FusedOptimizer(Optimizer):
             except (AttributeError, RuntimeError):
                 pass
         # Slow path: missing grads (0: not updated this step), or something to reject clearly.
-        for p, g in zip(dp.params, grads):
+        for p, g in zip(_distributed.local_tensors(dp.params) if dp.dtensor else dp.params, grads):
             if g is not None:
                 self._validate_grad(p, g, f"a param of shape {tuple(p.shape)}")
         return [ptr(g) for g in grads]
@@ -353,15 +363,16 @@ class FusedOptimizer(Optimizer):
             cache = self._build_group(gi, group)
         out = []
         for dp in cache.devices:
+            params = _distributed.local_tensors(dp.params) if dp.dtensor else dp.params
             stale = (
                 any(p.grad is not None for p in dp.stateless)
-                or [p.data_ptr() for p in dp.params] != dp.param_ptrs
+                or [p.data_ptr() for p in params] != dp.param_ptrs
                 or self._buffer_keys(group) != dp.buffer_keys
             )
             if stale and not rebuilt:
                 self._build_group(gi, group)
                 return self._prepare_group(gi, group, rebuilt=True)
-            grads = [p.grad for p in dp.params]
+            grads = _distributed.local_grads(dp.params) if dp.dtensor else [p.grad for p in dp.params]
             out.append((dp, dp.param_ptrs, self._grad_ptrs(dp, grads)))
         return out
 
@@ -458,6 +469,7 @@ class FusedOptimizer(Optimizer):
         total = totals[0]
         if len(totals) > 1:
             total = total + sum(t.to(primary, non_blocking=True) for t in totals[1:])
+        total = _distributed.reduce_total(self, total, last.norm_plans, primary)  # over ranks, if sharded
         gn = self._grad_norm_state(primary)
         grad_scale = getattr(self, "grad_scale", None)
         if grad_scale is not None:

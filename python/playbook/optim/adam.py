@@ -73,6 +73,7 @@ class Adam(FusedOptimizer):
         variant: str = "torch",
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
@@ -80,7 +81,8 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=decoupled_weight_decay, variant=variant,
         )
         self._validate_group(defaults, None)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history,
+                         process_group=process_group)
 
     def _validate_group(self, group: dict[str, Any], gi: int | None) -> None:
         _check_adam_group(group)
@@ -139,11 +141,13 @@ class AdamW(Adam):
         variant: str = "torch",
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             max_grad_norm=max_grad_norm, variant=variant, skip_nonfinite=skip_nonfinite, history=history,
+            process_group=process_group,
         )
 
     def _group_defaults(self) -> dict[str, Any]:
