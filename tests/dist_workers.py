@@ -196,6 +196,38 @@ def tp_scenario(rank: int, world: int) -> dict:
     }
 
 
+def bad_input_scenario(rank: int, world: int) -> dict:
+    """A DTensor grad laid out unlike its param, a Partial param: clear errors, nothing mutated."""
+    import playbook
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = tp_tensors(None)[0]
+    p = nn.Parameter(distribute_tensor(full, mesh, (Shard(0),)))
+    opt = playbook.optim.Adam([p], lr=LR, max_grad_norm=MAX_NORM)
+    p.grad = distribute_tensor(full, mesh, (Shard(0),))
+    opt.step()
+    before = p._local_tensor.clone()
+    state = {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = distribute_tensor(full, mesh, (Replicate(),))
+    out = {}
+    try:
+        opt.step()
+    except ValueError as e:
+        out["grad_error"] = str(e)
+    out["unchanged"] = torch.equal(before, p._local_tensor) and all(
+        torch.equal(v, opt.state[p][k]) for k, v in state.items()
+    )
+    partial = nn.Parameter(DTensor.from_local(full.clone(), mesh, (Partial(),), run_check=False))
+    partial.grad = torch.zeros_like(partial)
+    try:
+        playbook.optim.Adam([partial]).step()
+    except ValueError as e:
+        out["partial_error"] = str(e)
+    return out
+
+
 def ddp_scenario(rank: int, world: int) -> dict:
     import playbook
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -249,10 +281,12 @@ def worker(rank: int, world: int, init_method: str, tmpdir: str, outdir: str) ->
         result = {
             "fsdp": fsdp_scenario(rank, world, tmpdir),
             "tp": tp_scenario(rank, world),
+            "bad": bad_input_scenario(rank, world),
             "ddp": ddp_scenario(rank, world),
             "zero": zero_scenario(rank, world),
         }
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+        dist.barrier()  # nobody tears the group down while a peer still talks to it
     except BaseException:
         traceback.print_exc()
         raise

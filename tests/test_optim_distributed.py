@@ -158,6 +158,15 @@ def test_process_group_zero_style_slices(ranks, name):
 
 
 # ---------------------------------------------------------------------------------- bad input
+def test_dtensor_bad_layouts_raise_and_mutate_nothing(ranks):
+    for r in ranks:
+        bad = r["bad"]
+        assert "grad of a DTensor param of shape (5, 3) is a DTensor with placements (Replicate(),)" in bad["grad_error"]
+        assert "(Shard(dim=0),)" in bad["grad_error"]
+        assert bad["unchanged"]
+        assert "Partial placement" in bad["partial_error"]
+
+
 @pytest.mark.parametrize("cls", [playbook.optim.Adam, playbook.optim.AdamW, playbook.optim.NAdam, playbook.optim.SGD])
 def test_process_group_must_be_a_process_group(cls):
     p = nn.Parameter(torch.randn(3))

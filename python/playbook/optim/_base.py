@@ -203,6 +203,7 @@ class FusedOptimizer(Optimizer):
             "max_grad_norm": self._max_grad_norm,
             "skip_nonfinite": self.skip_nonfinite,
             "history": self._history,
+            "process_group": getattr(self, "_process_group", None),  # not picklable: fails loudly
         }
         return state
 
@@ -213,6 +214,7 @@ class FusedOptimizer(Optimizer):
             self._max_grad_norm = settings["max_grad_norm"]
             self.skip_nonfinite = settings["skip_nonfinite"]
             self._history = settings["history"]
+            self._process_group = settings.get("process_group")
         for name, default in (("_gn", None), ("_layout_version", 0)):
             if not hasattr(self, name):
                 setattr(self, name, default)

@@ -44,6 +44,10 @@ class Adam(FusedOptimizer):
         variant: ``"torch"`` (default, torch.optim.Adam's formula) or ``"playbook"`` (7.11).
         skip_nonfinite: Skip the step when the global norm is NaN/inf.
         history: Number of recent global norms kept for ``grad_norms()``.
+        process_group: For plain-tensor params whose grads are sharded by hand (ZeRO-style: each
+            rank steps its own slice), the ``torch.distributed.ProcessGroup`` over which the sum of
+            squares is all-reduced, so the clip and the skip use the norm of the whole gradient.
+            DTensor params (FSDP2, tensor parallel) need nothing: they reduce over their mesh.
 
     Example:
         >>> opt = playbook.optim.Adam(model.parameters(), lr=1e-3, max_grad_norm=1.0)
