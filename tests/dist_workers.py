@@ -26,6 +26,7 @@ CKPT_STEP = 15
 LR = 1e-2
 MAX_NORM = 2.0
 SHORT_STEPS = 10  # DDP, ZeRO-style and tensor-parallel runs
+AMP_STEPS = NAN_STEP + 3  # FSDP2 + GradScaler run
 
 ZERO_CONFIGS = {  # name: (playbook class name, torch class name, kwargs)
     "adam": ("Adam", "Adam", dict(lr=LR)),
@@ -88,9 +89,10 @@ def _make_fsdp() -> nn.Module:
     return model
 
 
-def _fsdp_steps(model, opt, rank, world, start, stop, out) -> None:
+def _fsdp_steps(model, opt, rank, world, start, stop, out, scaler=None) -> None:
     for step in range(start, stop):
-        loss_fn(model, *_local_rows(step, rank, world)).backward()
+        loss = loss_fn(model, *_local_rows(step, rank, world))
+        (loss if scaler is None else scaler.scale(loss)).backward()
         if step == NAN_STEP:
             first = next(model.parameters())
             if rank == 1:
@@ -98,7 +100,12 @@ def _fsdp_steps(model, opt, rank, world, start, stop, out) -> None:
             out["nan_local_grad_finite"] = bool(torch.isfinite(first.grad._local_tensor).all())
             before = [p._local_tensor.clone() for p in model.parameters()]
             state_before = [{k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()]
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
+            out.setdefault("scales", []).append(float(scaler.get_scale()))
         opt.zero_grad()
         if step == NAN_STEP:
             out["nan_params_unchanged"] = all(torch.equal(b, p._local_tensor) for b, p in zip(before, model.parameters()))
@@ -168,6 +175,22 @@ def fsdp_scenario(rank: int, world: int, tmpdir: str) -> dict:
     out["resumed_b_params"] = _full(model)
     out["resumed_b_norms"] = opt.grad_norms()
     out["resumed_b_skipped"] = opt.skipped_steps
+    return out
+
+
+def amp_scenario(rank: int, world: int) -> dict:
+    """FSDP2 + playbook.amp.GradScaler: the inf flag comes from the all-reduced norm, so a NaN on
+    rank 1 only backs the scale off on every rank alike."""
+    import playbook
+
+    out: dict = {}
+    model = _make_fsdp()
+    opt = playbook.optim.Adam(model.parameters(), lr=LR, max_grad_norm=MAX_NORM)
+    scaler = playbook.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=4)
+    _fsdp_steps(model, opt, rank, world, 0, AMP_STEPS, out, scaler)
+    out["params"] = _full(model)
+    out["grad_norms"] = opt.grad_norms()
+    out["skipped"] = opt.skipped_steps
     return out
 
 
@@ -280,6 +303,7 @@ def worker(rank: int, world: int, init_method: str, tmpdir: str, outdir: str) ->
     try:
         result = {
             "fsdp": fsdp_scenario(rank, world, tmpdir),
+            "amp": amp_scenario(rank, world),
             "tp": tp_scenario(rank, world),
             "bad": bad_input_scenario(rank, world),
             "ddp": ddp_scenario(rank, world),

@@ -122,6 +122,19 @@ def test_fsdp2_state_dict_through_distributed_checkpoint(ranks):
         assert f["resumed_b_skipped"] == 1
 
 
+@pytest.mark.slow
+def test_fsdp2_grad_scaler_backs_off_alike_on_every_rank(ranks):
+    params, norms = _mlp_reference(torch.optim.Adam, dict(lr=W.LR), W.AMP_STEPS, skip=W.NAN_STEP)
+    scales = ranks[0]["amp"]["scales"]
+    assert scales[W.NAN_STEP] == scales[W.NAN_STEP - 1] / 2  # backed off once, at the NaN step
+    assert max(scales) > 2.0**10  # and grew in between
+    for r in ranks:
+        assert r["amp"]["scales"] == scales
+        assert r["amp"]["skipped"] == 1
+        _close(r["amp"]["params"], params, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["amp"]["grad_norms"].double(), norms, rtol=1e-5, atol=0, equal_nan=True)
+
+
 # ---------------------------------------------------------------------------------- tensor parallel
 @pytest.mark.slow
 def test_dtensor_replicate_counts_once(ranks):
