@@ -1,7 +1,8 @@
 """Drop-in ``torch.optim`` optimizers with the playbook's global-norm clipping fused in.
 
 ``Adam``, ``AdamW``, ``NAdam`` and ``SGD`` take torch's arguments plus keyword-only
-``max_grad_norm``, ``variant`` (Adam/NAdam), ``skip_nonfinite`` and ``history``.
+``max_grad_norm``, ``variant`` (Adam/NAdam), ``skip_nonfinite``, ``history`` and ``process_group``
+(see ``playbook.optim._distributed``).
 """
 
 from playbook.optim._base import FusedOptimizer

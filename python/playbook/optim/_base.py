@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from playbook import _C
+from playbook.optim import _distributed
 from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_handle
 
 _is_contiguous = torch.Tensor.is_contiguous
@@ -104,6 +105,7 @@ class _DevicePlan:
     plan: Any  # _C.AdamPlan / NAdamPlan / SGDPlan
     buffer_keys: tuple[str, ...]  # the state buffers the plan was built with
     all_contiguous: bool  # False: grads need the per-step stride check (channels_last params)
+    dtensor: bool = False  # params are DTensors: the kernels take their local shards (_distributed)
 
 
 @dataclass
@@ -159,7 +161,9 @@ class FusedOptimizer(Optimizer):
         max_grad_norm: float | None,
         skip_nonfinite: bool,
         history: int,
+        process_group: Any = None,
     ) -> None:
+        self._process_group = _distributed.check_process_group(process_group)
         self._gn: _GradNormState | None = None
         self._groups: dict[int, _GroupCache] = {}
         self._norm_plans: dict[torch.device, _NormPlan] = {}
@@ -199,6 +203,7 @@ class FusedOptimizer(Optimizer):
             "max_grad_norm": self._max_grad_norm,
             "skip_nonfinite": self.skip_nonfinite,
             "history": self._history,
+            "process_group": getattr(self, "_process_group", None),  # not picklable: fails loudly
         }
         # The norm history and counters (grad_norms(), skipped_steps, clip_fraction()), as
         # state_dict() keeps them; the plans are rebuilt on the next step.
@@ -215,6 +220,7 @@ class FusedOptimizer(Optimizer):
             self._max_grad_norm = settings["max_grad_norm"]
             self.skip_nonfinite = settings["skip_nonfinite"]
             self._history = settings["history"]
+            self._process_group = settings.get("process_group")
         for name, default in (("_gn", None), ("_layout_version", 0)):
             if not hasattr(self, name):
                 setattr(self, name, default)
@@ -299,14 +305,15 @@ class FusedOptimizer(Optimizer):
 
     def _validate_param(self, p: torch.Tensor, gi: int, pi: int) -> None:
         where = f"param {pi} of param group {gi}"
+        p, g = _distributed.local_param_and_grad(p, where)
         self._check_param_tensor(p, where)
-        g = p.grad
         if g is not None:
             self._validate_grad(p, g, where)
 
     @staticmethod
     def _check_param_tensor(p: torch.Tensor, where: str) -> None:
         """What the kernels need of a param itself: at construction, add_param_group and step."""
+        p = _distributed.local(p)
         dtype_code(p.dtype, where)
         device_index(p.device)
         if p.is_sparse:
@@ -354,16 +361,22 @@ class FusedOptimizer(Optimizer):
                     with_state.append(p)
                 else:
                     stateless.append(p)
-            numels = [p.numel() for p in with_state]
-            dtypes = [dtype_code(p.dtype, "param") for p in with_state]
-            states = [self.state[p] for p in with_state]
-            for p, st in zip(with_state, states):
+            dtensor = any(_distributed.is_dtensor(p) for p in with_state)
+            states = [
+                _distributed.local_state(p, self.state[p], self._buffer_keys(group)) for p in with_state
+            ]
+            locals_ = _distributed.local_tensors(with_state)
+            numels = [p.numel() for p in locals_]
+            dtypes = [dtype_code(p.dtype, "param") for p in locals_]
+            for p, st in zip(locals_, states):
                 for key in self._buffer_keys(group):
+                    if st[key].numel() == 1 and p.numel() == 0:
+                        continue  # an empty shard's stand-in (see _distributed._non_null)
                     self._check_buffer(p, key, st[key])
             plan = self._make_plan(device_index(device), numels, dtypes, states, group)
             devices.append(_DevicePlan(
-                device, with_state, stateless, [p.data_ptr() for p in with_state], numels, dtypes, plan,
-                self._buffer_keys(group), all(p.is_contiguous() for p in with_state),
+                device, with_state, stateless, [p.data_ptr() for p in locals_], numels, dtypes, plan,
+                self._buffer_keys(group), all(p.is_contiguous() for p in locals_), dtensor,
             ))
         cache = _GroupCache(params, len(params), devices)
         self._groups[gi] = cache
@@ -421,7 +434,7 @@ class FusedOptimizer(Optimizer):
             except (AttributeError, RuntimeError):
                 pass
         # Slow path: missing grads (0: not updated this step), or something to reject clearly.
-        for p, g in zip(dp.params, grads):
+        for p, g in zip(_distributed.local_tensors(dp.params) if dp.dtensor else dp.params, grads):
             if g is not None:
                 self._validate_grad(p, g, f"a param of shape {tuple(p.shape)}")
         return [ptr(g) for g in grads]
@@ -434,7 +447,7 @@ class FusedOptimizer(Optimizer):
         for dp in cache.devices:
             if not dp.params:  # no param of this group/device has had a grad: nothing to update
                 continue
-            grads = [p.grad for p in dp.params]
+            grads = _distributed.local_grads(dp.params) if dp.dtensor else [p.grad for p in dp.params]
             out.append((dp, dp.param_ptrs, self._grad_ptrs(dp, grads)))
         return out
 
@@ -561,6 +574,7 @@ class FusedOptimizer(Optimizer):
         total = totals[0]
         if len(totals) > 1:
             total = total + sum(t.to(primary, non_blocking=True) for t in totals[1:])
+        total = _distributed.reduce_total(self, total, last.norm_plans, primary)  # over ranks, if sharded
         gn = self._grad_norm_state(primary)
         grad_scale = getattr(self, "grad_scale", None)
         if grad_scale is not None:

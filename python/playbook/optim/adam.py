@@ -44,6 +44,10 @@ class Adam(FusedOptimizer):
         variant: ``"torch"`` (default, torch.optim.Adam's formula) or ``"playbook"`` (7.11).
         skip_nonfinite: Skip the step when the global norm is NaN/inf.
         history: Number of recent global norms kept for ``grad_norms()``.
+        process_group: For plain-tensor params whose grads are sharded by hand (ZeRO-style: each
+            rank steps its own slice), the ``torch.distributed.ProcessGroup`` over which the sum of
+            squares is all-reduced, so the clip and the skip use the norm of the whole gradient.
+            DTensor params (FSDP2, tensor parallel) need nothing: they reduce over their mesh.
 
     Example:
         >>> opt = playbook.optim.Adam(model.parameters(), lr=1e-3, max_grad_norm=1.0)
@@ -73,6 +77,7 @@ class Adam(FusedOptimizer):
         variant: str = "torch",
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
@@ -80,7 +85,8 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=decoupled_weight_decay, variant=variant,
         )
         self._validate_group(defaults, None)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history,
+                         process_group=process_group)
 
     def _validate_group(self, group: dict[str, Any], gi: int | None) -> None:
         _check_adam_group(group)
@@ -139,11 +145,13 @@ class AdamW(Adam):
         variant: str = "torch",
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             max_grad_norm=max_grad_norm, variant=variant, skip_nonfinite=skip_nonfinite, history=history,
+            process_group=process_group,
         )
 
     def _group_defaults(self) -> dict[str, Any]:

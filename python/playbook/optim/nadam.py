@@ -50,6 +50,7 @@ class NAdam(FusedOptimizer):
         variant: str = "torch",
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
@@ -57,7 +58,8 @@ class NAdam(FusedOptimizer):
             capturable=capturable, differentiable=differentiable, variant=variant,
         )
         self._validate_group(defaults, None)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history,
+                         process_group=process_group)
 
     def _validate_group(self, group: dict[str, Any], gi: int | None) -> None:
         _check_adam_group(group, extra_nonneg=("momentum_decay",))

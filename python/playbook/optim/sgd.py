@@ -42,13 +42,15 @@ class SGD(FusedOptimizer):
         max_grad_norm: float | None = None,
         skip_nonfinite: bool = True,
         history: int = 1024,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
             maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
         )
         self._validate_group(defaults, None)
-        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, history=history,
+                         process_group=process_group)
 
     def _validate_group(self, group: dict[str, Any], gi: int | None) -> None:
         _check_lr(group["lr"])
