@@ -71,6 +71,7 @@ class PGServer:
         may log in but not create tables."""
         self.sql("CREATE ROLE tuner LOGIN PASSWORD 's3cret'")
         self.sql("CREATE ROLE reader LOGIN")
+        self.sql("GRANT CREATE ON SCHEMA public TO tuner")
         hba = Path(self.server.pgdata) / "pg_hba.conf"
         text = hba.read_text()
         hba.write_text("local all tuner scram-sha-256\n" + text)

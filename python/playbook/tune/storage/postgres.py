@@ -135,8 +135,8 @@ class PostgresStorage(SQLStorage):
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 init_schema(Q(cur, self.dialect), f"PostgreSQL storage {self.display_url!r}")
         except psycopg.errors.InsufficientPrivilege as exc:
-            conn.close()
             user = conn.info.user
+            conn.close()
             raise StorageError(
                 f"PostgreSQL storage {self.display_url!r} has no playbook tables (or needs a schema upgrade) "
                 f"and user {user!r} may not create them ({_first_line(exc)}). Open it once as a user with "
