@@ -94,6 +94,7 @@ def pg_server():
     server = PGServer(root)
     yield server
     storage_mod.close_all()
+    server.pg_ctl("-m", "immediate", "stop")  # its data is deleted next: skip the shutdown checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server.server.cleanup()
@@ -115,3 +116,31 @@ def any_url(request, tmp_path):
     else:
         yield request.getfixturevalue("pg_server").new_database()
     storage_mod.close_all()
+
+
+# A PostgreSQL test must never pass as skipped (CI would go green without having run it).
+_PG_FIXTURES = ("pg_server", "pg_url")
+_pg_skipped: list[str] = []
+
+
+def _uses_postgres(item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    if any(f in names for f in _PG_FIXTURES):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return "any_url" in names and callspec is not None and callspec.params.get("any_url") == "postgresql"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _uses_postgres(item):
+        _pg_skipped.append(item.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _pg_skipped:
+        print(f"\nERROR: {len(_pg_skipped)} PostgreSQL test(s) were skipped, which is not allowed: "
+              f"{_pg_skipped[:5]}")
+        session.exitstatus = 1
