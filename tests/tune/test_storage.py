@@ -26,10 +26,21 @@ def store(any_url):
     s.close()
 
 
+def test_mask_url():
+    from playbook.tune.storage import mask_url
+
+    assert mask_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert mask_url("postgres://u@h/db?sslmode=require&password=pw") == "postgres://u@h/db?sslmode=require&password=***"
+    assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
 def test_parse_url():
     assert parse_url("sqlite:///rel/s.db") == ("sqlite", "rel/s.db")
     assert parse_url("sqlite:////abs/s.db") == ("sqlite", "/abs/s.db")
     assert parse_url("plain/path.db") == ("sqlite", "plain/path.db")
+    assert parse_url("postgresql://u:p@h:1/db") == ("postgresql", "postgresql://u:p@h:1/db")
+    assert parse_url("postgres://h/db") == ("postgresql", "postgres://h/db")
 
 
 @pytest.mark.parametrize(

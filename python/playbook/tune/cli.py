@@ -96,7 +96,9 @@ def _load(name: str, storage: str) -> Any:
         if study.name == name:
             return study
     known = ", ".join(sorted(s.name for s in studies)) or "(none)"
-    raise CliError(f"unknown study {name!r} in {storage}; known studies: {known}", EXIT_USAGE)
+    from playbook.tune.storage import mask_url
+
+    raise CliError(f"unknown study {name!r} in {mask_url(storage)}; known studies: {known}", EXIT_USAGE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +150,9 @@ def reproduction_command(study: Any, storage: str) -> str:
     config = getattr(study, "config", None) or {}
     if config.get("command"):
         return str(config["command"])
-    return f"playbook study show {study.name} --storage {storage}"
+    from playbook.tune.storage import mask_url
+
+    return f"playbook study show {study.name} --storage {mask_url(storage)}"
 
 
 def trial_fields(trial: Any) -> list[str]:

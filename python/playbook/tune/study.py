@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from playbook.tune.halton import _check_seed, new_seed
 from playbook.tune.space import SearchSpace, Spec
-from playbook.tune.storage import Storage, StudyRecord, TrialRecord, open_storage
+from playbook.tune.storage import Storage, StudyRecord, TrialRecord, mask_url, open_storage
 from playbook.tune.trial import Trial
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ class Study:
         notes: Free text (not part of the study's identity).
         config: The stored config dict (``space`` as a plain dict, ``seed``, ``num_trials``,
             ``metric``, ``mode``, ``notes``, ``version``).
-        storage_url: Where it lives (``sqlite:///...``).
+        storage_url: Where it lives (``sqlite:///...`` or ``postgresql://...``; shown with the
+            password masked in ``repr``).
         created: Unix time of creation.
     """
 
@@ -432,7 +433,7 @@ class Study:
 
     def __repr__(self) -> str:
         return (
-            f"Study({self.name!r}, storage={self.storage_url!r}, num_trials={self.num_trials}, "
+            f"Study({self.name!r}, storage={mask_url(self.storage_url)!r}, num_trials={self.num_trials}, "
             f"metric={self.metric!r}, mode={self.mode!r}, seed={self.seed})"
         )
 

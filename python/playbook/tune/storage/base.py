@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -235,9 +236,11 @@ class Storage(abc.ABC):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with the password (if any) replaced by ``***``."""
+    """``url`` with the password (in ``user:password@`` or a ``password=`` parameter) replaced by
+    ``***``."""
     if not isinstance(url, str) or "://" not in url:
         return str(url)
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)  # libpq's ?password=...
     try:
         parts = urlsplit(url)
     except ValueError:
