@@ -4,6 +4,7 @@ independent ``playbook study work`` process trees, and every connection error a 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -241,12 +242,17 @@ def test_missing_database(pg_server):
         PostgresStorage(url).list_studies()
 
 
-def test_no_schema_and_no_right_to_create_it(pg_server, pg_url):
+def test_no_schema_and_no_right_to_create_it(pg_server, pg_url, tmp_path):
     database = pg_url.split("/")[3].split("?")[0]
     url = pg_server.url(database, user="reader", password=None)
+    reader = PostgresStorage(url)
+    assert reader.list_studies() == [] and reader.get_study("x") is None  # reads create nothing
+    assert pg_server.sql("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'", database) == [(0,)]
     with pytest.raises(StorageError, match=r"no playbook tables .* user 'reader' may not create them.*GRANT CREATE"):
-        PostgresStorage(url).list_studies()
-    _cli_error(["study", "list"], url)
+        reader.create_study("x", {}, seed=0)
+    reader.close()
+    (tmp_path / "space.json").write_text(json.dumps(space().to_dict()))
+    _cli_error(["study", "create", "x", "--space", str(tmp_path / "space.json")], url)
     # once created by a user with rights, the reader can use it
     open_storage(pg_url).list_studies()
     pg_server.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO reader", database)

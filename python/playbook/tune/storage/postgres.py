@@ -11,7 +11,8 @@ new indices from a row-locked counter, every time (heartbeats, staleness) is the
 writing worker. A connection lost after the storage has been used (server restart, dropped
 network) is re-established and the transaction re-run, for at most ``retry_timeout`` seconds in
 total, with a message on stderr; then :class:`StorageError`. Each method is one transaction that is
-safe to re-run (idempotent, or guarded by the ownership check).
+safe to re-run (idempotent, or guarded by the ownership check). Reads of a database without the
+playbook tables create nothing (there are no studies); the first write creates them.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class PostgresStorage(SQLStorage):
         self._conn: Any = None
         self._pid: int | None = None
         self._ever_connected = False
+        self._schema_ready = False
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -122,33 +124,40 @@ class PostgresStorage(SQLStorage):
         if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
             return self._conn
         self._conn = None  # after fork the inherited connection belongs to the parent: never use it
-        psycopg = self._psycopg
-        conn = psycopg.connect(
+        conn = self._psycopg.connect(
             self.url,
             autocommit=True,
             connect_timeout=max(int(round(self.connect_timeout)), 1),
             application_name="playbook",
         )
+        self._conn = conn
+        self._pid = os.getpid()
+        self._ever_connected = True
+        return conn
+
+    def _ensure_schema(self, conn: Any, create: bool) -> bool:
+        """Create or migrate the tables (serialized by an advisory lock). A read of a database
+        without them creates nothing and returns ``False``."""
+        if self._schema_ready:
+            return True
+        psycopg = self._psycopg
         try:
             with conn.transaction():
                 cur = conn.cursor()
+                q = Q(cur, self.dialect)
+                if not create and q.one(self.dialect.table_exists, ("meta",)) is None:
+                    return False
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                init_schema(Q(cur, self.dialect), f"PostgreSQL storage {self.display_url!r}")
+                init_schema(q, f"PostgreSQL storage {self.display_url!r}")
         except psycopg.errors.InsufficientPrivilege as exc:
             user = conn.info.user
-            conn.close()
             raise StorageError(
                 f"PostgreSQL storage {self.display_url!r} has no playbook tables (or needs a schema upgrade) "
                 f"and user {user!r} may not create them ({_first_line(exc)}). Open it once as a user with "
                 f"CREATE rights on the database, or ask its admin to `GRANT CREATE ON SCHEMA public TO {user}`."
             ) from None
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        self._pid = os.getpid()
-        self._ever_connected = True
-        return conn
+        self._schema_ready = True
+        return True
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -184,6 +193,8 @@ class PostgresStorage(SQLStorage):
             with self._lock:
                 try:
                     conn = self._connection()
+                    if not self._ensure_schema(conn, create=write):
+                        return empty
                     with conn.transaction():
                         result = fn(Q(conn.cursor(), self.dialect))
                     if deadline is not None:
