@@ -284,3 +284,25 @@ def test_schema_migrates_from_version_1(pg_server, pg_url):
     assert store.claim_trial("old", "w", 5, 60.0, lambda i: {"i": i}).index == 2
     assert pg_server.sql("SELECT value FROM meta", database) == [("2",)]
     store.close()
+
+
+def _create_in_process(url: str) -> tuple[int, int]:
+    s = Study.create("race", space(), url, seed=None, num_trials=10)
+    return s.seed, s.num_trials
+
+
+def test_concurrent_creation_is_race_free(pg_url):
+    """Six processes create the same study at once, each drawing its own seed: one insert wins and
+    every process opens that study (seed=None accepts the stored seed)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(6, mp_context=mp.get_context("spawn")) as pool:
+        results = list(pool.map(_create_in_process, [pg_url] * 6))
+    assert len(set(results)) == 1 and results[0][1] == 10
+    assert [r.name for r in open_storage(pg_url).list_studies()] == ["race"]
+
+
+def test_missing_database_cli(pg_server):
+    err = _cli_error(["study", "list"], pg_server.url("nosuchdb", user="tuner", password="s3cret"))
+    assert "nosuchdb" in err and "does not exist" in err and "s3cret" not in err
