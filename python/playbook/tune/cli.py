@@ -6,10 +6,19 @@ Commands::
     playbook study show   NAME [--storage URL]                 # config, warnings, trials
     playbook study plot   NAME [--storage URL] --out DIR       # PNGs + self-contained HTML
     playbook study export NAME [--storage URL] --format csv|json [--output FILE]
+    playbook study create NAME --space FILE.json|.yaml [--num-trials N] [--seed S] [--metric M] [--mode min|max]
+    playbook study work   NAME --objective module:function [--workers N] [--timeout S]
+    playbook study requeue NAME (--stale-after S | --all-running)
+    playbook study delete NAME --yes
 
 ``--storage`` defaults to the environment variable ``PLAYBOOK_STORAGE``, else
-``sqlite:///studies.db``. An unknown study name exits with status 2 and lists the known names.
-Also runnable as ``python -m playbook.tune.cli``.
+``sqlite:///studies.db``; ``postgresql://user:password@host:port/db`` shares a study between
+machines. An unknown study name exits with status 2 and lists the known names; a storage that
+cannot be used (bad URL, unreachable server, wrong credentials, corrupt or locked file) exits
+with status 1 and one line naming it (password masked) and the cause, no traceback.
+``study work`` is what each node of a cluster runs (a Slurm array task, a Kubernetes Job, an ssh
+loop): it exits 0 when the study has nothing left to run or ``--timeout`` passed, non-zero when
+the run failed. Also runnable as ``python -m playbook.tune.cli``.
 
 ``study list`` prints the columns the playbook recommends for tracking (6.3 "Setting up
 experiment tracking"): study name, config summary, notes, number of trials (done/total), best
@@ -87,7 +96,9 @@ def _load(name: str, storage: str) -> Any:
         if study.name == name:
             return study
     known = ", ".join(sorted(s.name for s in studies)) or "(none)"
-    raise CliError(f"unknown study {name!r} in {storage}; known studies: {known}", EXIT_USAGE)
+    from playbook.tune.storage import mask_url
+
+    raise CliError(f"unknown study {name!r} in {mask_url(storage)}; known studies: {known}", EXIT_USAGE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +150,9 @@ def reproduction_command(study: Any, storage: str) -> str:
     config = getattr(study, "config", None) or {}
     if config.get("command"):
         return str(config["command"])
-    return f"playbook study show {study.name} --storage {storage}"
+    from playbook.tune.storage import mask_url
+
+    return f"playbook study show {study.name} --storage {mask_url(storage)}"
 
 
 def trial_fields(trial: Any) -> list[str]:
@@ -289,6 +302,161 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------------------
+# commands for running studies (clusters)
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_space(path: str) -> dict[str, Any]:
+    """The search space dict (``SearchSpace.to_dict()`` format) in a .json or .yaml file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read --space {path!r}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CliError(f"--space {path!r} is YAML, which needs PyYAML: pip install pyyaml "
+                           "(or use a .json file)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CliError(f"--space {path!r} is not valid YAML: {exc}", EXIT_USAGE) from None
+    elif p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--space {path!r} is not valid JSON: {exc}", EXIT_USAGE) from None
+    else:
+        raise CliError(f"--space {path!r}: unknown file type {p.suffix!r}; use .json, .yaml or .yml",
+                       EXIT_USAGE)
+    if not isinstance(data, dict):
+        raise CliError(f"--space {path!r} must hold a mapping (SearchSpace.to_dict() format), "
+                       f"got {type(data).__name__}", EXIT_USAGE)
+    return data
+
+
+def cmd_create(args: argparse.Namespace, out: TextIO) -> int:
+    from playbook import tune
+    from playbook.tune.storage import open_storage
+
+    data = _read_space(args.space)
+    try:
+        space = tune.SearchSpace.from_dict(data)
+    except ValueError as exc:
+        raise CliError(f"invalid search space in {args.space}: {exc}", EXIT_USAGE) from None
+    store = open_storage(args.storage)
+    before = store.get_study(args.name)
+    study = tune.Study.create(args.name, space, store, seed=args.seed, num_trials=args.num_trials,
+                              metric=args.metric, mode=args.mode, notes=args.notes)
+    if before is None:
+        what = "Created"
+    elif int(before.config["num_trials"]) < study.num_trials:
+        what = f"Grew (from {before.config['num_trials']} trials)"
+    else:
+        what = "Exists (same config)"
+    print(f"{what}: study {study.name} in {store.display_url}: {study.num_trials} trials, "
+          f"seed {study.seed}, {study.mode} {study.metric}", file=out)
+    return EXIT_OK
+
+
+def _import_objective(spec: str) -> Any:
+    """``module:function`` (module importable from the current directory or ``PYTHONPATH``)."""
+    import importlib
+
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise CliError(f"invalid --objective {spec!r}: use module:function, e.g. train:objective",
+                       EXIT_USAGE)
+    if module_name.endswith(".py"):
+        module_name = module_name[:-3].replace(os.sep, ".")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CliError(f"cannot import module {module_name!r} of --objective {spec!r}: {exc}; "
+                           "run from the directory that contains it or add that to PYTHONPATH",
+                           EXIT_USAGE) from None
+        raise
+    func = module
+    for part in func_name.split("."):
+        func = getattr(func, part, None)
+        if func is None:
+            raise CliError(f"module {module_name!r} has no {func_name!r} (--objective {spec!r})",
+                           EXIT_USAGE)
+    if not callable(func):
+        raise CliError(f"--objective {spec!r} is not callable: {func!r}", EXIT_USAGE)
+    return func
+
+
+def cmd_work(args: argparse.Namespace, out: TextIO) -> int:
+    from playbook import tune
+
+    objective = _import_objective(args.objective)
+    study = tune.Study.load(args.name, args.storage)
+    study.run(objective, n_workers=args.workers, timeout=args.timeout,
+              progress=not args.quiet, heartbeat_timeout=args.heartbeat_timeout)
+    counts = study.status_counts()
+    print(f"study {study.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+          + f" of {study.num_trials}", file=out)
+    return EXIT_OK
+
+
+def cmd_requeue(args: argparse.Namespace, out: TextIO) -> int:
+    from playbook import tune
+
+    study = tune.Study.load(args.name, args.storage)
+    older = 0.0 if args.all_running else args.stale_after
+    indices = study.requeue_stale(older_than=older)
+    print(f"study {study.name}: re-queued {len(indices)} running trial(s)"
+          + (f": {indices}" if indices else ""), file=out)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
+    from playbook import tune
+
+    study = tune.Study.load(args.name, args.storage)
+    if not args.yes:
+        n = len(study.trials())
+        raise CliError(f"not deleting study {study.name!r} ({n} stored trials) without --yes",
+                       EXIT_USAGE)
+    study.delete()
+    print(f"Deleted study {study.name} from {study._storage.display_url}", file=out)
+    return EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds (needs > 0): {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid positive int: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``playbook`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -317,6 +485,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output file (default: stdout)")
     p.add_argument("--metrics", action="store_true",
                    help="JSON only: include per-step metrics of every trial")
+    p = add("create", "create a study (or grow / reopen one with the same config)", cmd_create)
+    p.add_argument("--space", required=True, help="search space file (.json, .yaml): SearchSpace.to_dict() format")
+    p.add_argument("--num-trials", type=_positive_int, default=32, help="trial budget (default 32)")
+    p.add_argument("--seed", type=int, default=None, help="Halton seed (default: drawn when creating)")
+    p.add_argument("--metric", default="val_error", help="metric to optimize (default val_error)")
+    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--notes", default="", help="free text stored with the study")
+    p = add("work", "run trials of a study here (what each node of a cluster runs)", cmd_work)
+    p.add_argument("--objective", required=True, help="module:function, importable from here")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--timeout", type=_positive_seconds, default=None,
+                   help="seconds after which no new trial starts")
+    p.add_argument("--heartbeat-timeout", type=_positive_seconds, default=60.0,
+                   help="seconds without heartbeat before a running trial is re-queued (default 60)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p = add("requeue", "put running trials back in the queue (after killing their workers)", cmd_requeue)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--stale-after", type=_seconds, metavar="S",
+                   help="only trials without a heartbeat for S seconds")
+    g.add_argument("--all-running", action="store_true",
+                   help="every running trial (only when none of its workers is alive)")
+    p = add("delete", "delete a study with its trials and metrics", cmd_delete)
+    p.add_argument("--yes", action="store_true", help="really delete")
     return parser
 
 
@@ -327,11 +518,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and usage errors
         return int(exc.code or 0)
+    from playbook.tune.storage import StorageError
+
     try:
         return int(args.func(args, sys.stdout))
     except CliError as exc:
         print(f"playbook: error: {exc}", file=sys.stderr)
         return exc.code
+    except (StorageError, ValueError, ImportError) as exc:  # bad URL, unusable storage, bad config
+        print(f"playbook: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from playbook.tune.halton import _check_seed, new_seed
 from playbook.tune.space import SearchSpace, Spec
-from playbook.tune.storage import Storage, StudyRecord, TrialRecord, open_storage
+from playbook.tune.storage import Storage, StudyRecord, TrialRecord, mask_url, open_storage
 from playbook.tune.trial import Trial
 
 if TYPE_CHECKING:
@@ -59,6 +60,57 @@ def config_diff(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[st
     return [k for k in CONFIG_KEYS if stored.get(k) != wanted.get(k)]
 
 
+_MISSING = object()
+
+
+def _label(item: Any, i: int) -> str:
+    if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+        return f"[{item['name']}]"
+    return f"[{i}]"
+
+
+def _is_branches(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and bool(x)
+        and all(isinstance(p, list) and len(p) == 2 and isinstance(p[1], list) for p in x)
+        and len({str(p[0]) for p in x}) == len(x)
+    )
+
+
+def value_diff(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """The differing leaves of two JSON-like values: ``[(path, a_value, b_value), ...]``.
+
+    Paths look like ``space.params[lr].hi`` (list items with a ``"name"`` are labelled by it, other
+    list items by position); a value missing on one side is reported as ``<missing>``.
+    """
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[tuple[str, Any, Any]] = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += value_diff(a.get(k, _MISSING), b.get(k, _MISSING), f"{path}.{k}" if path else str(k))
+        return out
+    if _is_branches(a) and _is_branches(b):  # [[value, params], ...] of a Categorical: by value
+        return value_diff({str(v): p for v, p in a}, {str(v): p for v, p in b}, path)
+    if isinstance(a, list) and isinstance(b, list):
+        la = [_label(x, i) for i, x in enumerate(a)]
+        lb = [_label(x, i) for i, x in enumerate(b)]
+        if len(set(la)) != len(la) or len(set(lb)) != len(lb):  # no unique names: by position
+            la = [f"[{i}]" for i in range(len(a))]
+            lb = [f"[{i}]" for i in range(len(b))]
+        ka, kb = dict(zip(la, a)), dict(zip(lb, b))
+        out = []
+        for k in la + [k for k in lb if k not in ka]:
+            out += value_diff(ka.get(k, _MISSING), kb.get(k, _MISSING), f"{path}{k}")
+        return out
+    if a == b and (type(a) is type(b) or not (isinstance(a, bool) or isinstance(b, bool))):
+        return []
+    return [(path, a, b)]
+
+
+def _show(v: Any) -> str:
+    return "<missing>" if v is _MISSING else repr(v)
+
+
 class Study:
     """A stored quasi-random search study (playbook 4.5, FAQ 7.5).
 
@@ -74,7 +126,8 @@ class Study:
         notes: Free text (not part of the study's identity).
         config: The stored config dict (``space`` as a plain dict, ``seed``, ``num_trials``,
             ``metric``, ``mode``, ``notes``, ``version``).
-        storage_url: Where it lives (``sqlite:///...``).
+        storage_url: Where it lives (``sqlite:///...`` or ``postgresql://...``; shown with the
+            password masked in ``repr``).
         created: Unix time of creation.
     """
 
@@ -125,7 +178,9 @@ class Study:
 
         Raises:
             ValueError: invalid arguments, or a study called ``name`` exists with a different
-                config (the message names the differing keys).
+                config (the message names each differing path with its two values). A larger
+                ``num_trials`` than the stored one is not a difference: the study grows to it
+                (see :meth:`extend`); a smaller one is.
         """
         _check_name(name)
         if not isinstance(space, SearchSpace):
@@ -151,13 +206,27 @@ class Study:
             existing = store.create_study(name, config, config["seed"])
         if seed is None:
             config["seed"] = existing.seed
-        diff = config_diff(existing.config, config)
+        stored = existing.config
+        diff = config_diff(stored, config)
+        grow = False
+        if diff == ["num_trials"] and int(config["num_trials"]) > int(stored.get("num_trials", 0)):
+            diff, grow = [], True  # a study can grow (trial i depends only on space, seed and i)
         if diff:
-            details = "; ".join(f"{k}: stored {existing.config.get(k)!r} != given {config.get(k)!r}" for k in diff)
+            paths = [
+                (p, a, b)
+                for k in diff
+                for p, a, b in value_diff(stored.get(k, _MISSING), config.get(k, _MISSING), k)
+            ]
+            details = "; ".join(f"{p}: stored {_show(a)}, given {_show(b)}" for p, a, b in paths)
+            shrink = ""
+            if "num_trials" in diff and int(config["num_trials"]) < int(stored.get("num_trials", 0)):
+                shrink = " (num_trials can grow, never shrink)"
             raise ValueError(
-                f"Study {name!r} already exists in {store.url!r} with a different config "
-                f"(differing keys: {diff}). {details}. Use another name or Study.load({name!r}, ...)."
+                f"Study {name!r} already exists in {store.display_url!r} with a different config "
+                f"(differing keys: {diff}): {details}{shrink}. Use another name or Study.load({name!r}, ...)."
             )
+        if grow:
+            existing = store.extend_study(name, int(config["num_trials"]))
         return cls(existing, store)
 
     @classmethod
@@ -169,11 +238,65 @@ class Study:
         """
         _check_name(name)
         store = open_storage(storage)
-        record = store.get_study(name)
+        record = store.get_study(name)  # reads never create a database
         if record is None:
+            path = getattr(store, "path", None)
+            if path is not None and not os.path.exists(path):
+                raise ValueError(
+                    f"No study named {name!r} in {store.display_url!r}: the file {path!r} does not exist "
+                    "(it was not created). Check --storage / $PLAYBOOK_STORAGE or create the study first."
+                )
             names = [r.name for r in store.list_studies()]
-            raise ValueError(f"No study named {name!r} in {store.url!r}; existing studies: {names!r}.")
+            raise ValueError(f"No study named {name!r} in {store.display_url!r}; existing studies: {names!r}.")
         return cls(record, store)
+
+    # -- changing a study -------------------------------------------------------------------------
+
+    def extend(self, n: int) -> Study:
+        """Add ``n`` trials to the study's budget (points ``num_trials .. num_trials+n-1``).
+
+        Trial ``i`` is a pure function of (space, seed, i) (playbook 7.5 d), so a study can grow
+        after it ran: the existing trials stay valid. Workers already running keep the budget
+        they started with; run the study again to run the new trials.
+
+        Args:
+            n: How many trials to add (an int >= 1).
+
+        Returns:
+            ``self``, with :attr:`num_trials` and :attr:`config` updated.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"Invalid n={n!r}: it needs to be an int >= 1 (a study can grow, never shrink).")
+        stored = self._storage.get_study(self.name)
+        if stored is None:
+            raise ValueError(f"Study {self.name!r} no longer exists in {self._storage.display_url!r}.")
+        record = self._storage.extend_study(self.name, int(stored.config["num_trials"]) + n)
+        self._record = record
+        self.config = dict(record.config)
+        self.num_trials = int(record.config["num_trials"])
+        return self
+
+    def requeue_stale(self, older_than: float = 0.0) -> list[int]:
+        """Put running trials whose last heartbeat is at least ``older_than`` seconds old back in
+        the queue, now (their metrics are kept; the next claim re-runs them).
+
+        After killing every worker of a study (a cancelled cluster job, ``kill -9``), this saves
+        waiting ``heartbeat_timeout`` seconds for the trials to be found stale. With the default
+        ``older_than=0`` every running trial is re-queued: use it only when no worker is alive,
+        or the live ones lose their trials (they notice at their next report and stop).
+
+        Returns:
+            The re-queued trial indices.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
+            raise ValueError(f"Invalid older_than={older_than!r}: it needs to be a number of seconds >= 0.")
+        reason = f"requeued: no heartbeat for {older_than:g} s (requeue_stale)" if older_than else "requeued: requeue_stale"
+        return self._storage.requeue(self.name, stale_after=float(older_than), reason=reason)
+
+    def delete(self) -> None:
+        """Delete the study, its trials and their metrics from the storage (artifacts on disk
+        are left alone)."""
+        self._storage.delete_study(self.name)
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -310,7 +433,7 @@ class Study:
 
     def __repr__(self) -> str:
         return (
-            f"Study({self.name!r}, storage={self.storage_url!r}, num_trials={self.num_trials}, "
+            f"Study({self.name!r}, storage={mask_url(self.storage_url)!r}, num_trials={self.num_trials}, "
             f"metric={self.metric!r}, mode={self.mode!r}, seed={self.seed})"
         )
 
