@@ -261,7 +261,7 @@ class Study:
         Returns:
             ``self``.
         """
-        from playbook.tune.runner import Progress, RunOptions, run_processes, run_worker
+        from playbook.tune.runner import Progress, RunOptions, run_study
 
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"Invalid n_workers={n_workers!r}: it needs to be an int >= 1.")
@@ -277,14 +277,7 @@ class Study:
             heartbeat_timeout=float(heartbeat_timeout),
             deadline=None if timeout is None else time.time() + float(timeout),
         )
-        bar = Progress(self, enabled=progress)
-        try:
-            if n_workers == 1:
-                run_worker(self, objective, options, on_trial_done=lambda _t: bar.update())
-            else:
-                run_processes(self, objective, n_workers, options, bar, mp_context=mp_context)
-        finally:
-            bar.close()
+        run_study(self, objective, n_workers, options, Progress(self, enabled=progress), mp_context=mp_context)
         return self
 
     # -- misc -------------------------------------------------------------------------------------
