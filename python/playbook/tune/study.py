@@ -227,6 +227,12 @@ class Study:
 
         return Analysis(self)
 
+    def to_dataframe(self) -> Any:
+        """Trials as a pandas DataFrame (see :func:`playbook.tune.dataframe.to_dataframe`)."""
+        from playbook.tune.dataframe import to_dataframe
+
+        return to_dataframe(self)
+
     # -- running ----------------------------------------------------------------------------------
 
     def run(
