@@ -241,11 +241,16 @@ def _wait_running(url: str, n: int, proc: subprocess.Popen) -> list:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie left to a PID 1 that does not reap counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 @pytest.mark.slow
@@ -323,3 +328,43 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise(db_url, monkeypatch):
     lines = plain.getvalue().splitlines()
     assert lines[-1] == "[lines] 2/2 trials best val_error=0 (trial 0)"
     assert "%|" not in plain.getvalue() and "\r" not in plain.getvalue()
+
+
+QUICK_SCRIPT = """
+    import time
+    from playbook import tune
+
+    def objective(trial):
+        time.sleep(0.2)
+        trial.report(0, val_error=float(trial.index))
+
+    if __name__ == "__main__":
+        study = tune.Study.create("quick", tune.SearchSpace({{"lr": tune.Real(0.1, 1.0)}}),
+                                  storage={url!r}, seed=0, num_trials=200)
+        study.run(objective, n_workers=2, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_workers_stop_claiming_when_the_main_process_is_killed(tmp_path, db_url):
+    path = _script(tmp_path, QUICK_SCRIPT.format(url=db_url))
+    proc = _run_script(path)
+    for _ in range(1200):
+        assert proc.poll() is None
+        try:
+            trials = Study.load("quick", db_url).trials()
+        except ValueError:
+            trials = []
+        if sum(t.status == "complete" for t in trials) >= 2 and sum(t.status == "running" for t in trials) == 2:
+            break
+        time.sleep(0.1)
+    pids = {int(t.worker.rsplit(":", 1)[1]) for t in trials if t.status == "running"}
+    proc.kill()  # SIGKILL: no clean-up in the main process
+    proc.communicate(timeout=60)
+    for _ in range(600):  # the orphans finish their current trial, then exit
+        if not any(_alive(pid) for pid in pids):
+            break
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+    study = Study.load("quick", db_url)
+    assert not study.is_finished and study.status_counts()["running"] == 0

@@ -258,7 +258,9 @@ class Study:
                 ``if __name__ == "__main__":`` guard (processes are spawned).
             n_workers: Local worker processes; ``1`` runs in this process.
             timeout: Seconds after which no new trial is started (running ones finish).
-            progress: Print a progress line on stderr (done / total, best so far).
+            progress: Show progress on stderr: a tqdm bar on a terminal, else one line per
+                change (done / total, live running trials, best so far, what it waits for);
+                each trial that fails is announced with its error.
             heartbeat_timeout: Seconds without a heartbeat after which a running trial (for
                 instance of a killed worker) is re-queued and re-run.
             mp_context: Multiprocessing start method (``"spawn"``, ``"forkserver"``, ``"fork"``).
@@ -266,6 +268,13 @@ class Study:
 
         Returns:
             ``self``.
+
+        Raises:
+            RuntimeError: (``n_workers > 1``) a worker process died before it could start, e.g.
+                a script without the ``if __name__ == "__main__":`` guard; or workers kept dying
+                with trials left. Every worker is stopped first.
+            KeyboardInterrupt, playbook.tune.Terminated: Ctrl-C / SIGTERM; the workers are
+                stopped and their running trials re-queued (``Terminated`` exits with 143).
         """
         from playbook.tune.runner import Progress, RunOptions, run_study
 
