@@ -170,6 +170,39 @@ def test_three_deaths_limit_in_process(db_url):
     assert study.status_counts()["complete"] == 2
 
 
+CRASH_SCRIPT = """
+    import os
+    from playbook import tune
+
+    def objective(trial):
+        if trial.index == 0:
+            os._exit(7)  # dies without a trace: no exception, no clean-up, no supervisor
+        return 0.5
+
+    if __name__ == "__main__":
+        study = tune.Study.create("crash", tune.SearchSpace({{"lr": tune.Real(0.1, 1.0)}}),
+                                  storage={url!r}, seed=0, num_trials=3)
+        study.run(objective, n_workers=1, heartbeat_timeout=0.5, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_three_deaths_limit_when_the_calling_process_crashes(tmp_path, db_url):
+    path = _script(tmp_path, CRASH_SCRIPT.format(url=db_url))
+    for attempt in (1, 2, 3):
+        proc = _run_script(path)
+        proc.communicate(timeout=300)
+        assert proc.returncode == 7
+        assert Study.load("crash", db_url).trial(0).attempts == attempt
+    proc = _run_script(path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    t0 = Study.load("crash", db_url).trial(0)
+    assert t0.status == "failed" and "gave up after 3 attempts" in t0.error
+    assert "stopped heartbeating" in t0.error
+    assert Study.load("crash", db_url).status_counts()["complete"] == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # items 8 and 9: scripts, real processes, real signals
 # ---------------------------------------------------------------------------------------------

@@ -206,6 +206,18 @@ def _requeue_or_fail(study: Study, worker: str, index: int, attempts: int, reaso
         storage.requeue(study.name, workers=[worker], reason=f"requeued: {reason}")
 
 
+# Note the storage writes when it re-queues a running trial whose worker stopped heartbeating
+# (the worker died without anyone recording it: kill -9, a segfault in the calling process).
+_STALE_NOTE = "stopped heartbeating"
+
+
+def _died_too_often(record: Any, options: RunOptions) -> bool:
+    """A just-claimed trial whose previous ``max_attempts`` claims all ended with the worker
+    dying unseen (re-queued as stale): the limit of deaths that no supervisor could count."""
+    error = getattr(record, "error", None) or ""
+    return record.attempts > options.max_attempts and _STALE_NOTE in error
+
+
 def run_worker(
     study: Study,
     objective: Callable[[Trial], Any],
@@ -245,6 +257,21 @@ def run_worker(
                 if on_wait is not None:
                     on_wait()
                 time.sleep(options.poll_interval)
+                continue
+            if _died_too_often(record, options):
+                storage.finish_trial(
+                    study.name,
+                    record.index,
+                    worker,
+                    "failed",
+                    score=None,
+                    best_step=None,
+                    error=(
+                        f"gave up after {record.attempts - 1} attempts: each time its worker died "
+                        f"without a trace (last: {record.error})"
+                    ),
+                    final={},
+                )
                 continue
             trial = Trial(
                 index=record.index,
