@@ -196,10 +196,13 @@ def trial_fields(trial: Any) -> list[str]:
     return list(_BASE_COLUMNS)
 
 
-def trials_to_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
-    """Flat rows of trials: scalar fields, ``param.<name>`` and ``final.<name>`` columns."""
+def trials_to_rows(trials: Sequence[Any], param_order: Sequence[str] = ()) -> tuple[list[str], list[list[Any]]]:
+    """Flat rows of trials: scalar fields, ``param.<name>`` and ``final.<name>`` columns.
+
+    Params named in ``param_order`` (e.g. the search space's order) come first, in that order.
+    """
     base = trial_fields(trials[0]) if trials else list(_BASE_COLUMNS)
-    params: list[str] = []
+    params: list[str] = [n for n in dict.fromkeys(param_order) if any(n in t.params for t in trials)]
     finals: list[str] = []
     for t in trials:
         params.extend(n for n in t.params if n not in params)
@@ -334,7 +337,7 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from playbook.tune.runner import error_summary
 
     trials = study.trials()
-    headers, rows = trials_to_rows(trials)
+    headers, rows = trials_to_rows(trials, [hp.name for hp in study.space.hyperparameters()])
     keep = [i for i, h in enumerate(headers)
             if h not in ("worker", "error", "created", "started", "finished")]
     headers = [headers[i] for i in keep] + ["duration", "error"]
