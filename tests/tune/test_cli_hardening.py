@@ -12,6 +12,7 @@ import pytest
 
 from playbook import tune
 from playbook.tune import cli
+from playbook.tune import storage as storage_mod
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,8 @@ def storage(tmp_path) -> str:
     study = tune.Study.create("fails", space, storage=url, seed=0, num_trials=6,
                               notes="a long note " * 10)
     study.run(objective, progress=False)
-    return url
+    yield url
+    storage_mod.close_all()
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

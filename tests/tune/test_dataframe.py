@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from playbook import tune
 from playbook.tune import Categorical, Real, SearchSpace, Study
 
 

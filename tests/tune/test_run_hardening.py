@@ -5,7 +5,6 @@ failed trials announced during the run. Real worker processes and real signals t
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import signal
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from playbook import tune
 from playbook.tune import Real, SearchSpace, Study, Trial
 from playbook.tune.trial import as_number
 
