@@ -441,7 +441,7 @@ class Progress:
             waits.append(f"waiting for trial(s) {idx} of dead workers: re-queued once silent for{timeout} (heartbeat_timeout)")
         if snap["waiting"]["other"]:
             idx = ", ".join(map(str, snap["waiting"]["other"]))
-            waits.append(f"trial(s) {idx} running in other processes")
+            waits.append(f"waiting for trial(s) {idx} running in other processes")
         if waits:
             text += f"{'; ' if text else ''}{'; '.join(waits)}"
         return finished, text
