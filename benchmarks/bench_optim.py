@@ -427,8 +427,9 @@ def main(argv: Optional[list] = None) -> dict:
                     group = run_group(impls, device, size, dt, timing_kw)
                 rows += group
                 for row in group:
-                    ms = fmt_float(row["ms"], ".3f") if row["ms"] is not None else row["status"][:60]
-                    print(f"  {device} {size} {dt:4s} {row['impl']:22s} {ms}", flush=True)
+                    ms = (f"{fmt_float(row['ms'], '.3f')} ms/step (median)" if row["ms"] is not None
+                          else row["status"][:60])
+                    print(f"  {device} size={size} {dt:4s} {row['impl']:22s} {ms}", flush=True)
         # Measured before and after the cells (shared machines drift); the floor uses the best.
         after = stream_bandwidth(device, nbytes, **timing_kw)
         stream[device] = {k: max(before[k], after[k]) for k in ("copy_gbps", "axpy_gbps", "best_gbps")}

@@ -65,7 +65,7 @@ def mixed_objective(trial: Trial):
     if i == 5:
         return 0.7  # a returned number is the metric
     if i == 6:
-        return {"val_error": 0.6, "extra": "text"}
+        return {"val_error": 0.6, "extra": 3}
     if i == 7:
         trial.report(3, other=1.0)  # never reports the metric: failed with a message
         return None
@@ -202,7 +202,7 @@ def test_outcomes(db_url):
     assert by[4].status == "complete" and by[4].score == 0.2 and by[4].best_step is None
     assert by[4].final == {"val_error": 0.2, "test_error": 0.25}
     assert by[5].status == "complete" and by[5].score == 0.7
-    assert by[6].status == "complete" and by[6].score == 0.6 and by[6].final["extra"] == "text"
+    assert by[6].status == "complete" and by[6].score == 0.6 and by[6].final["extra"] == 3
     assert by[7].status == "failed" and "'val_error'" in by[7].error
     for i in (8, 9):
         assert by[i].status == "complete" and by[i].score == 0.5 + i and by[i].best_step == 5

@@ -28,6 +28,7 @@ from playbook.tune.halton import Halton
 from playbook.tune.space import Categorical, Discrete, Fixed, HParam, Int, Real, SearchSpace, Spec
 from playbook.tune.storage import SQLiteStorage, Storage, TrialRecord, open_storage
 from playbook.tune.study import Study, list_studies
+from playbook.tune.runner import Terminated
 from playbook.tune.trial import Trial, TrialInfeasible, TrialLost
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Trial",
     "TrialInfeasible",
     "TrialLost",
+    "Terminated",
     "TrialRecord",
     "Storage",
     "SQLiteStorage",

@@ -3,7 +3,7 @@
 Commands::
 
     playbook study list   [--storage URL]                      # the 6.3 tracking table
-    playbook study show   NAME [--storage URL]                 # config, warnings, trials
+    playbook study show   NAME [--storage URL] [--trial I]     # config, warnings, trials (one trial in full)
     playbook study plot   NAME [--storage URL] --out DIR       # PNGs + self-contained HTML
     playbook study export NAME [--storage URL] --format csv|json [--output FILE]
     playbook study create NAME --space FILE.json|.yaml [--num-trials N] [--seed S] [--metric M] [--mode min|max]
@@ -52,6 +52,7 @@ DEFAULT_STORAGE = "sqlite:///studies.db"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as `head` leaves other tools
 _BASE_COLUMNS = ("index", "status", "score", "best_step", "worker", "error",
                  "created", "started", "finished")
 
@@ -126,6 +127,49 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def output_width(out: TextIO) -> Optional[int]:
+    """Columns available for a table: ``$COLUMNS`` if set, the terminal's width when ``out`` is
+    a terminal, else ``None`` (no limit: piped output keeps whole cells)."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    isatty = getattr(out, "isatty", None)
+    if isatty is not None and isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def fit_widths(widths: Sequence[int], limit: Optional[int], shrinkable: Sequence[int],
+               minimum: int = 10, sep: int = 2) -> list[int]:
+    """Column widths that fit ``limit`` characters (separators included) by narrowing the
+    widest of the ``shrinkable`` columns, one character at a time, down to ``minimum``."""
+    out = list(widths)
+    if limit is None:
+        return out
+    while sum(out) + sep * (len(out) - 1) > limit:
+        candidates = [i for i in shrinkable if out[i] > minimum]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: out[i])
+        out[widest] -= 1
+    return out
+
+
+def format_fitted_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                        limit: Optional[int], shrinkable: Sequence[int]) -> str:
+    """:func:`format_table` with the ``shrinkable`` columns cut (``...``) to fit ``limit``."""
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    fitted = fit_widths(widths, limit, shrinkable)
+    cut = [[_truncate(c, w) if w < widths[i] else c for i, (c, w) in enumerate(zip(row, fitted))]
+           for row in cells]
+    return format_table([_truncate(h, w) for h, w in zip(headers, fitted)], cut)
+
+
 def _truncate(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -139,7 +183,8 @@ def config_summary(study: Any, width: int = 60) -> str:
     (the stored space, notes and version are left out: ``study show`` prints them)."""
     config = getattr(study, "config", None) or {}
     hps = [h for h in study.space.hyperparameters() if h.varied]
-    items = [f"{len(hps)} params: " + ",".join(h.name for h in hps)]
+    # keys, not names: a branch's "lr" is "optimizer=adam/lr" (several branches may have an lr)
+    items = [f"{len(hps)} params: " + ",".join(h.key for h in hps)]
     items += [f"{k}={v}" for k, v in config.items() if k not in _SUMMARY_SKIP]
     items.append(f"seed={study.seed}")
     return _truncate("; ".join(items), width)
@@ -164,10 +209,13 @@ def trial_fields(trial: Any) -> list[str]:
     return list(_BASE_COLUMNS)
 
 
-def trials_to_rows(trials: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
-    """Flat rows of trials: scalar fields, ``param.<name>`` and ``final.<name>`` columns."""
+def trials_to_rows(trials: Sequence[Any], param_order: Sequence[str] = ()) -> tuple[list[str], list[list[Any]]]:
+    """Flat rows of trials: scalar fields, ``param.<name>`` and ``final.<name>`` columns.
+
+    Params named in ``param_order`` (e.g. the search space's order) come first, in that order.
+    """
     base = trial_fields(trials[0]) if trials else list(_BASE_COLUMNS)
-    params: list[str] = []
+    params: list[str] = [n for n in dict.fromkeys(param_order) if any(n in t.params for t in trials)]
     finals: list[str] = []
     for t in trials:
         params.extend(n for n in t.params if n not in params)
@@ -239,19 +287,50 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         best = s.best_trials(1)
         rows.append([
             s.name,
-            config_summary(s),
+            config_summary(s, width=200),
             _truncate(s.notes or "", 40),
             f"{done}/{s.num_trials}",
             "" if not best else f"{float(best[0].score):.6g} ({s.metric}, {s.mode})",
             reproduction_command(s, args.storage),
         ])
-    print(format_table(["name", "config", "notes", "trials", "best", "reproduce"], rows),
-          file=out)
+    headers = ["name", "config", "notes", "trials", "best", "reproduce"]
+    print(format_fitted_table(headers, rows, output_width(out), shrinkable=(1, 2, 4, 5)), file=out)
+    return EXIT_OK
+
+
+def _duration(trial: Any) -> Optional[float]:
+    started, finished = getattr(trial, "started", None), getattr(trial, "finished", None)
+    return None if started is None or finished is None else round(float(finished) - float(started), 3)
+
+
+def _show_trial(study: Any, index: int, out: TextIO) -> int:
+    """``study show NAME --trial I``: every stored field of one trial, the error in full."""
+    from playbook.tune.runner import error_summary
+
+    try:
+        trial = study.trial(index)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(f"Trial {trial.index} of study {study.name}: {trial.status}", file=out)
+    for name in trial_fields(trial):
+        if name in ("index", "status", "error"):
+            continue
+        print(f"  {name}: {_fmt(getattr(trial, name, None))}", file=out)
+    print(f"  duration: {_fmt(_duration(trial))} s", file=out)
+    print(f"  params: {json.dumps(_jsonable(dict(trial.params)), sort_keys=False)}", file=out)
+    if trial.final:
+        print(f"  final: {json.dumps(_jsonable(dict(trial.final)))}", file=out)
+    if trial.error:
+        label = {"failed": "Error", "infeasible": "Infeasible because"}.get(trial.status, "Last note")
+        print(f"{label}: {error_summary(trial.error)}", file=out)
+        print(trial.error.rstrip(), file=out)
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     study = _load(args.name, args.storage)
+    if args.trial is not None:
+        return _show_trial(study, args.trial, out)
     analysis = study.analysis()
     print(f"Study {study.name}  (metric {study.metric}, mode {study.mode}, seed {study.seed})",
           file=out)
@@ -268,11 +347,20 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
           + f"; infeasible fraction {analysis.infeasible_fraction:.1%}", file=out)
     for w in analysis.warnings():
         print(f"WARNING: {w}", file=out)
-    headers, rows = trials_to_rows(study.trials())
+    from playbook.tune.runner import error_summary
+
+    trials = study.trials()
+    headers, rows = trials_to_rows(trials, [hp.name for hp in study.space.hyperparameters()])
     keep = [i for i, h in enumerate(headers)
             if h not in ("worker", "error", "created", "started", "finished")]
-    print(format_table([headers[i] for i in keep], [[r[i] for i in keep] for r in rows]),
+    headers = [headers[i] for i in keep] + ["duration", "error"]
+    rows = [[r[i] for i in keep] + [_duration(t), error_summary(t.error, width=80)]
+            for r, t in zip(rows, trials)]
+    print(format_fitted_table(headers, rows, output_width(out), shrinkable=(len(headers) - 1,)),
           file=out)
+    if any(t.status == "failed" for t in trials):
+        print(f"Tracebacks: playbook study show {study.name} --storage {args.storage} --trial INDEX",
+              file=out)
     return EXIT_OK
 
 
@@ -477,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("list", "tracking table of all studies", cmd_list, named=False)
-    add("show", "config, warnings and trials of a study", cmd_show)
+    p = add("show", "config, warnings and trials of a study", cmd_show)
+    p.add_argument("--trial", type=int, metavar="INDEX",
+                   help="print every field of one trial, its traceback or reason in full")
     p = add("plot", "write PNG plots and an HTML report", cmd_plot)
     p.add_argument("--out", required=True, help="output directory")
     p = add("export", "export trials as CSV or JSON", cmd_export)
@@ -521,10 +611,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from playbook.tune.storage import StorageError
 
     try:
-        return int(args.func(args, sys.stdout))
+        code = int(args.func(args, sys.stdout))
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
     except CliError as exc:
         print(f"playbook: error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        # `playbook study show ... | head`: the reader is gone. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again; exit like a process killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except (StorageError, ValueError, ImportError) as exc:  # bad URL, unusable storage, bad config
         print(f"playbook: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

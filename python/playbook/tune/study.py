@@ -350,6 +350,12 @@ class Study:
 
         return Analysis(self)
 
+    def to_dataframe(self) -> Any:
+        """Trials as a pandas DataFrame (see :func:`playbook.tune.dataframe.to_dataframe`)."""
+        from playbook.tune.dataframe import to_dataframe
+
+        return to_dataframe(self)
+
     # -- running ----------------------------------------------------------------------------------
 
     def run(
@@ -375,7 +381,9 @@ class Study:
                 ``if __name__ == "__main__":`` guard (processes are spawned).
             n_workers: Local worker processes; ``1`` runs in this process.
             timeout: Seconds after which no new trial is started (running ones finish).
-            progress: Print a progress line on stderr (done / total, best so far).
+            progress: Show progress on stderr: a tqdm bar on a terminal, else one line per
+                change (done / total, live running trials, best so far, what it waits for);
+                each trial that fails is announced with its error.
             heartbeat_timeout: Seconds without a heartbeat after which a running trial (for
                 instance of a killed worker) is re-queued and re-run.
             mp_context: Multiprocessing start method (``"spawn"``, ``"forkserver"``, ``"fork"``).
@@ -383,8 +391,15 @@ class Study:
 
         Returns:
             ``self``.
+
+        Raises:
+            RuntimeError: (``n_workers > 1``) a worker process died before it could start, e.g.
+                a script without the ``if __name__ == "__main__":`` guard; or workers kept dying
+                with trials left. Every worker is stopped first.
+            KeyboardInterrupt, playbook.tune.Terminated: Ctrl-C / SIGTERM; the workers are
+                stopped and their running trials re-queued (``Terminated`` exits with 143).
         """
-        from playbook.tune.runner import Progress, RunOptions, run_processes, run_worker
+        from playbook.tune.runner import Progress, RunOptions, run_study
 
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"Invalid n_workers={n_workers!r}: it needs to be an int >= 1.")
@@ -400,14 +415,7 @@ class Study:
             heartbeat_timeout=float(heartbeat_timeout),
             deadline=None if timeout is None else time.time() + float(timeout),
         )
-        bar = Progress(self, enabled=progress)
-        try:
-            if n_workers == 1:
-                run_worker(self, objective, options, on_trial_done=lambda _t: bar.update())
-            else:
-                run_processes(self, objective, n_workers, options, bar, mp_context=mp_context)
-        finally:
-            bar.close()
+        run_study(self, objective, n_workers, options, Progress(self, enabled=progress), mp_context=mp_context)
         return self
 
     # -- misc -------------------------------------------------------------------------------------

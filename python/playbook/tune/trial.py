@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from playbook.tune.storage import Storage
 
-__all__ = ["Trial", "TrialInfeasible", "TrialLost", "is_better", "nonfinite_metrics"]
+__all__ = ["Trial", "TrialInfeasible", "TrialLost", "is_better", "nonfinite_metrics", "as_number"]
 
 
 class TrialInfeasible(Exception):
@@ -56,11 +56,34 @@ def nonfinite_metrics(metrics: Mapping[str, Any], metric: str) -> list[str]:
     return bad
 
 
+def as_number(name: str, value: Any) -> int | float:
+    """``value`` as a Python int or float, or a ValueError naming ``name`` and the value.
+
+    Accepted: ``int`` and ``float`` (and their subclasses such as numpy's ``float64``), numpy
+    scalars, 0-d numpy arrays and 0-d tensors (converted with ``.item()``; a CUDA tensor is
+    copied to the host). Refused, with the same message wherever a metric is given
+    (``report``, ``complete``, an objective's return value): ``None``, ``bool``, strings (even
+    ``"0.3"``), containers, complex numbers and tensors/arrays with more than one dimension.
+    """
+    v = value
+    if not isinstance(v, (int, float)) and hasattr(v, "item") and hasattr(v, "ndim"):
+        if v.ndim != 0:
+            shape = tuple(getattr(v, "shape", ()))
+            raise ValueError(
+                f"Metric {name}={value!r} is not a number: a tensor/array of shape {shape}; "
+                "report a number or a 0-d tensor (e.g. loss.item() or loss.mean())."
+            )
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(
+            f"Metric {name}={value!r} is not a number ({type(value).__name__}); metrics must be "
+            "int, float, numpy scalars or 0-d tensors."
+        )
+    return v
+
+
 def _as_float(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Metric {name}={value!r} is not a number.") from None
+    return float(as_number(name, value))
 
 
 class Trial:
@@ -169,8 +192,9 @@ class Trial:
         final value of the study metric or of a ``*loss*`` metric makes the trial infeasible.
         """
         self._check_running("complete")
+        final = {name: as_number(name, v) for name, v in final.items()}  # checked before any change
         self.final.update(final)
-        numeric = {k: float(v) for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {k: float(v) for k, v in final.items()}
         bad = nonfinite_metrics(numeric, self.metric)
         if bad:
             self.infeasible(f"non-finite final {', '.join(f'{n}={numeric[n]}' for n in bad)}")
