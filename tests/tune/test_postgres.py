@@ -154,10 +154,10 @@ def test_two_nodes_share_one_study(pg_url, tmp_path):
         "def objective(trial):\n"
         "    time.sleep(0.02)\n"
         "    trial.report(0, val_error=trial.params['lr'])\n"
-        "    trial.complete(node=os.environ['NODE'])\n"
+        "    trial.complete(node=int(os.environ['NODE']))\n"  # final values are numbers
     )
     procs = []
-    for node in ("a", "b"):
+    for node in ("0", "1"):
         env = dict(os.environ, NODE=node, PLAYBOOK_STORAGE=pg_url)
         procs.append(subprocess.Popen(
             CLI + ["study", "work", "nodes", "--objective", "nodeobj:objective", "--workers", "2", "--quiet"],
@@ -167,7 +167,7 @@ def test_two_nodes_share_one_study(pg_url, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     _assert_all_complete_once(s, 40)
     trials = s.trials()
-    assert all(t.attempts == 1 and t.final["node"] in ("a", "b") for t in trials)
+    assert all(t.attempts == 1 and t.final["node"] in (0, 1) for t in trials)
     assert all("40 complete of 40" in out for out, _ in outs)
 
 

@@ -78,6 +78,7 @@ def test_create_study_is_idempotent(store):
     rec = store.create_study("st", {"other": 1}, seed=99)
     assert rec.config == {"space": {}, "num_trials": 3} and rec.seed == 7
     assert store.get_study("nope") is None
+    time.sleep(0.01)  # creation times come from the database clock (SQLite: millisecond resolution)
     store.create_study("b", {}, seed=1)
     assert [r.name for r in store.list_studies()] == ["st", "b"]
 
