@@ -95,7 +95,8 @@ def test_metrics_in_step_order(store):
     t = store.claim_trial("st", "w", 3, 60.0, params_for)
     for step in (20, 0, 10, 10):
         store.report("st", t.index, "w", step, {"loss": float(step)}, None, None)
-    assert store.metrics("st", t.index) == [(0, {"loss": 0.0}), (10, {"loss": 10.0}), (20, {"loss": 20.0})]
+    # a report at step s replaces the curve from s on (resumed trials rewrite their future)
+    assert store.metrics("st", t.index) == [(0, {"loss": 0.0}), (10, {"loss": 10.0})]
 
 
 def test_stale_trial_is_requeued_and_rerun(store):
@@ -106,7 +107,7 @@ def test_stale_trial_is_requeued_and_rerun(store):
     time.sleep(0.05)
     again = store.claim_trial("st", "alive", 3, 0.01, params_for)
     assert again.index == 0 and again.worker == "alive" and again.attempts == 2
-    assert again.score is None and store.metrics("st", 0) == []  # re-run from scratch
+    assert again.score is None and store.metrics("st", 0) == [(0, {"loss": 3.0})]  # kept for resuming
     # the presumed-dead worker can no longer write
     assert not store.report("st", 0, "dead", 1, {"loss": 0.0}, 0.0, 1)
     assert not store.finish_trial("st", 0, "dead", "complete", score=0.0, best_step=1, error=None, final={})

@@ -15,8 +15,9 @@ Tables (SQLite, one file; ``sqlite:///relative/path.db`` or ``sqlite:////absolut
 
 Concurrency: WAL journal, short ``BEGIN IMMEDIATE`` transactions, a busy timeout and a retry
 loop with jittered backoff on ``database is locked``. A running trial whose worker has not
-heartbeated for ``stale_after`` seconds goes back to ``pending`` at the next claim and is re-run
-from scratch (its old metrics are deleted). Every write made on behalf of a trial checks that the
+heartbeated for ``stale_after`` seconds goes back to ``pending`` at the next claim and is re-run;
+its metrics are kept (a trial that checkpoints resumes), and a report at step ``s`` first deletes
+the trial's metrics at steps >= ``s``. Every write made on behalf of a trial checks that the
 trial still belongs to the writing worker, so a worker that was presumed dead cannot overwrite
 the re-run.
 
@@ -521,8 +522,7 @@ class SQLiteStorage(Storage):
                 "SELECT idx FROM trials WHERE study = ? AND status = 'pending' ORDER BY idx LIMIT 1", (study,)
             ).fetchone()
             if row is not None:
-                index = int(row[0])
-                conn.execute("DELETE FROM metrics WHERE study = ? AND idx = ?", (study, index))
+                index = int(row[0])  # its metrics stay: a resumed trial continues its curve
                 conn.execute(
                     "UPDATE trials SET status = 'running', worker = ?, heartbeat = ?, started = ?, finished = NULL, "
                     "score = NULL, best_step = NULL, final = '{}', attempts = attempts + 1 "
@@ -580,6 +580,8 @@ class SQLiteStorage(Storage):
         def fn(conn: sqlite3.Connection) -> bool:
             if not self._owned(conn, study, index, worker):
                 return False
+            # A report at step s replaces the trial's curve from s on (a resumed trial rewrites it).
+            conn.execute("DELETE FROM metrics WHERE study = ? AND idx = ? AND step >= ?", (study, index, int(step)))
             conn.executemany(
                 "INSERT OR REPLACE INTO metrics (study, idx, step, name, value) VALUES (?, ?, ?, ?, ?)",
                 [(study, index, int(step), name, float(value)) for name, value in metrics.items()],
