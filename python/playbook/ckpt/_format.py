@@ -176,9 +176,19 @@ class _HashingWriter:
         self._f = f
         self._hash = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # first failed write; torch may mask it with its own error
         self._pool: ThreadPoolExecutor | None = None
 
     def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        try:
+            return self._write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def _write(self, data: Any) -> int:
         n = memoryview(data).nbytes
         if n < _INLINE_HASH:
             self._hash.update(data)
@@ -224,6 +234,10 @@ def write_checkpoint(directory: Path, step: int, state: Mapping[str, Any], metri
             writer = _HashingWriter(f)
             try:
                 torch.save(dict(state), writer)
+            except BaseException:
+                if writer.error is not None:  # e.g. a full disk: report it, not torch's follow-up error
+                    raise writer.error from None
+                raise
             finally:
                 writer.close()
             f.flush()

@@ -296,7 +296,7 @@ class CheckpointManager:
 
     def _retain(self, committed: int) -> None:
         valid, _ = self._scan()
-        keep = {committed}
+        keep: set[int] = set()
         later = [m for m in valid if m.step > committed]  # a rolled-back run's future
         current = [m for m in valid if m.step <= committed]
         if self.keep_latest is None:
