@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
+
 from playbook.tune import plots as _plots
 from playbook.tune.analysis import Analysis
 from playbook.tune.cli import _fmt  # one cell formatter for the text and HTML tables
@@ -66,9 +68,9 @@ def _trials_table(analysis: Analysis, trials: Sequence[Any]) -> str:
     names: list[str] = []
     for t in trials:
         names.extend(n for n in t.params if n not in names)
-    headers = ["#", "status", analysis.metric, "best step"] + names
-    rows = [[t.index, t.status, None if t.score is None else float(t.score), t.best_step]
-            + [t.params.get(n) for n in names] for t in trials]
+    headers = ["#", "status", analysis.metric, "best step", "attempts"] + names
+    rows = [[t.index, t.status, None if t.score is None else float(t.score), t.best_step,
+             getattr(t, "attempts", None)] + [t.params.get(n) for n in names] for t in trials]
     return _table(headers, rows)
 
 
@@ -85,6 +87,30 @@ def _space_rows(analysis: Analysis) -> list[list[Any]]:
         cond = "" if hp.condition is None else f"{hp.condition[0]}={hp.condition[1]}"
         rows.append([hp.key, hp.role, desc.strip(), cond])
     return rows
+
+
+def _retrospective_section(analysis: Analysis) -> list[str]:
+    """Retrospective checkpoint selection (best step vs training length) and resumed trials."""
+    parts = []
+    retro = analysis.retrospective()
+    if len(retro.indices):
+        frac = retro.fractions
+        mts = retro.max_train_steps
+        length = f"max_train_steps={mts}" if mts is not None else (
+            "each trial's max_train_steps" if retro.recorded.all() else "each trial's last reported step")
+        parts.append("<h2>Retrospective checkpoint selection</h2>")
+        parts.append(
+            f"<p>Best step / training length ({html.escape(length)}) over {len(frac)} feasible trials: "
+            f"median {html.escape(_fmt(float(np.nanmedian(frac))))}, "
+            f"{int(np.sum(frac >= 0.9))} in the last 10%, {int(np.sum(frac < 0.1))} in the first 10% "
+            "(playbook &quot;Deciding how long to train&quot;; see retrospective.png).</p>")
+    resumed = analysis.resumed_trials()
+    if resumed:
+        parts.append("<h2>Resumed trials</h2>")
+        parts.append(f"<p>{len(resumed)} trial(s) ran more than once (interrupted or re-queued, then "
+                     "resumed from their checkpoints when the objective restores them).</p>")
+        parts.append(_trials_table(analysis, resumed))
+    return parts
 
 
 def render_html(analysis: Analysis, images: Sequence["str | Path"], *,
@@ -146,6 +172,8 @@ def render_html(analysis: Analysis, images: Sequence["str | Path"], *,
         parts.append(_table(["trials", "q25", "median", "q75", "P(no feasible)"],
                             [[r["k"], r["q25"], r["median"], r["q75"],
                               r["p_no_feasible"]] for r in boot.table()]))
+
+    parts.extend(_retrospective_section(analysis))
 
     parts.append("<h2>Plots</h2>")
     for img in images:
