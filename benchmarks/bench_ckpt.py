@@ -2,7 +2,8 @@
 against plain torch.save / torch.load of the same dict, in the same run.
 
 Rows, timed interleaved round-robin (one repeat of every row, then the next repeat) so that load
-drift on a shared machine hits them alike; each save goes to a new path, the old one deleted:
+drift on a shared machine hits them alike; ``os.sync()`` (not timed) before every call, so no row
+pays for another's write-back; each save goes to a new path, the old one deleted:
 
 - ``torch.save``            plain ``torch.save({"model": sd, "optimizer": sd}, path)`` (no fsync)
 - ``torch.save + fsync``    the same, then ``os.fsync`` (what durability costs by itself)
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     async_total.clear()
     for rep in range(args.repeats):
         for name, fn in rows.items():
+            os.sync()  # every row starts with no dirty pages to write back (not timed)
             t0 = time.perf_counter()
             r = fn()
             samples[name].append(r if isinstance(r, float) else time.perf_counter() - t0)
