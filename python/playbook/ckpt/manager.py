@@ -255,7 +255,7 @@ class CheckpointManager:
                 key); raised before anything is written.
             OSError: the write failed (unwritable directory, full disk); nothing was committed
                 and no earlier checkpoint was touched. With ``async_save`` it comes from the
-                previous save.
+                previous save, and this save is not made (call it again).
         """
         self._raise_background_error()
         step = _check_step(step)
@@ -359,7 +359,7 @@ class CheckpointManager:
                 is corrupt. ``"latest"``/``"best"`` skip corrupt ones with a
                 :class:`CheckpointWarning` naming the path and use the next newest/best valid one.
         """
-        self._raise_background_error()
+        self.wait()  # an async save in flight is part of "latest"
         if not isinstance(which, str):
             m = self._manifest(_check_step(which))
             state = self._load(m, map_location)
