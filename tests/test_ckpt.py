@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
 import subprocess
 import sys
-import textwrap
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np

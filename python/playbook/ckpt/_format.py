@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -324,6 +323,3 @@ def cleanup_stale(directory: Path) -> None:
         except OSError:
             pass  # read-only or racing with another cleaner: harmless, retried next time
 
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
