@@ -557,10 +557,18 @@ from playbook.ckpt import CheckpointManager
 rank = int(sys.argv[2])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=2)
 mgr = CheckpointManager(sys.argv[1])
-mgr.save(7, {"w": torch.full((4,), float(rank + 1)), "rank": rank})
+bn = torch.nn.BatchNorm1d(2)
+bn.running_mean.fill_(rank + 1.0)               # ranks saw different batches
+for buf in (bn.running_mean, bn.running_var):   # README: synchronize the EMAs before saving
+    dist.all_reduce(buf)
+    buf /= dist.get_world_size()
+mgr.save(7, {"w": torch.full((4,), float(rank + 1)), "rank": rank, "bn": bn})
 dist.barrier()
 state = mgr.restore("latest")
-print("RESTORED", rank, state["rank"], state["w"].tolist(), sorted(os.listdir(sys.argv[1])), flush=True)
+fresh = torch.nn.BatchNorm1d(2)
+CheckpointManager(sys.argv[1]).restore_into(bn=fresh)
+print("RESTORED", rank, state["rank"], state["w"].tolist(), fresh.running_mean.tolist(),
+      sorted(os.listdir(sys.argv[1])), flush=True)
 dist.destroy_process_group()
 """
 
@@ -583,8 +591,8 @@ def test_only_rank_zero_writes_every_rank_restores(tmp_path):
         assert p.returncode == 0, err
     lines = sorted(line for out, _ in outs for line in out.splitlines() if line.startswith("RESTORED"))
     assert lines == [
-        "RESTORED 0 0 [1.0, 1.0, 1.0, 1.0] ['step_00000007']",
-        "RESTORED 1 0 [1.0, 1.0, 1.0, 1.0] ['step_00000007']",
+        "RESTORED 0 0 [1.0, 1.0, 1.0, 1.0] [1.5, 1.5] ['step_00000007']",
+        "RESTORED 1 0 [1.0, 1.0, 1.0, 1.0] [1.5, 1.5] ['step_00000007']",
     ]
 
 
