@@ -5,6 +5,8 @@ Subpackages are imported lazily so that ``playbook.tune`` works without importin
 - ``playbook.optim``: fused Adam/AdamW, NAdam and SGD with in-kernel global-norm clipping.
 - ``playbook.stats``: gradient-norm statistics, clip-threshold advice and plots.
 - ``playbook.tune``: search spaces, scrambled Halton, studies, analysis and the CLI.
+- ``playbook.ckpt``: atomic, verified checkpoints keeping the N best + latest; ``rng_state()``.
+- ``playbook.schedules``: constant / linear / cosine / rsqrt decay with warmup, and a torch LR scheduler.
 """
 
 from __future__ import annotations

@@ -310,7 +310,8 @@ def test_report_writes_valid_pngs_and_embeds_them(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     expected = {"axis_lr.png", "axis_beta.png", "axis_batch.png", "axis_layers.png",
                 "axis_opt.png", "isolation_lr.png", "isolation_beta.png", "isolation_batch.png",
-                "isolation_layers.png", "curves.png", "bootstrap.png", "scientific.png"}
+                "isolation_layers.png", "curves.png", "bootstrap.png", "scientific.png",
+                "retrospective.png"}
     assert set(pngs) == expected
     for name in pngs:
         data = (tmp_path / "rep" / name).read_bytes()
@@ -327,7 +328,7 @@ def test_plots_return_listed_paths(tmp_path):
     paths = analysis.plots(tmp_path, n_resamples=100)
     assert [p.name for p in paths] == ["axis_lr.png", "axis_wd.png", "axis_opt.png",
                                        "isolation_lr.png", "isolation_wd.png", "curves.png",
-                                       "bootstrap.png", "scientific.png"]
+                                       "bootstrap.png", "scientific.png", "retrospective.png"]
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
 
 

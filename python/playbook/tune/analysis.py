@@ -44,6 +44,7 @@ __all__ = [
     "Analysis",
     "BoundaryWarning",
     "BootstrapResult",
+    "RetrospectiveSelection",
     "ScientificComparison",
     "bootstrap_best",
     "default_top_k",
@@ -350,6 +351,40 @@ class ScientificComparison:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RetrospectiveSelection:
+    """Where retrospective checkpoint selection found each trial's best step (playbook "Deciding
+    how long to train when training is not compute-bound").
+
+    Attributes:
+        indices: trial indices (feasible trials with a best step), ascending.
+        best_steps: step of each trial's best value of the study metric.
+        lengths: each trial's training length: its ``max_train_steps`` (a param, or the study
+            config's ``max_train_steps``) when recorded, else its last reported step.
+        recorded: True where ``lengths`` is a recorded ``max_train_steps``.
+        scores: each trial's score.
+    """
+
+    indices: np.ndarray
+    best_steps: np.ndarray
+    lengths: np.ndarray
+    recorded: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def fractions(self) -> np.ndarray:
+        """``best_step / length`` per trial (NaN where the length is 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.lengths > 0, self.best_steps / np.maximum(self.lengths, 1), np.nan)
+
+    @property
+    def max_train_steps(self) -> Optional[int]:
+        """The recorded ``max_train_steps`` when every trial has the same one, else ``None``."""
+        if len(self.lengths) and self.recorded.all() and np.all(self.lengths == self.lengths[0]):
+            return int(self.lengths[0])
+        return None
+
+
 @dataclass
 class Analysis:
     """Analysis of one study (playbook 4.4-4.6, FAQ 7.7); usually built by ``study.analysis()``.
@@ -575,6 +610,7 @@ class Analysis:
                 f"{self.infeasible_fraction:.0%} of the finished trials are infeasible: consider "
                 "shrinking or reparameterizing the search space, or look for a bug (playbook 4.4)."
             )
+        msgs.extend(self.training_length_warnings())
         if self.failed_fraction > 0:
             n_failed = self.status_counts()["failed"]
             msgs.append(
@@ -640,6 +676,80 @@ class Analysis:
                 xs.append(step)
                 ys.append(float(value))
         return {k: (np.asarray(x), np.asarray(y, dtype=float)) for k, (x, y) in out.items()}
+
+    # -- retrospective checkpoint selection ------------------------------------------------------
+
+    def _recorded_max_train_steps(self, trial: Any) -> Optional[int]:
+        value = trial.params.get("max_train_steps")
+        if value is None:
+            value = (getattr(self.study, "config", None) or {}).get("max_train_steps")
+        try:
+            return int(value) if value is not None and int(value) > 0 else None
+        except (TypeError, ValueError):
+            return None
+
+    def retrospective(self) -> RetrospectiveSelection:
+        """Best step of every feasible trial versus its training length (playbook: "plot the
+        training step that retrospective checkpoint selection finds in order to refine the choice
+        of ``max_train_steps``")."""
+        rows = []
+        for t in sorted(self.feasible(), key=lambda t: t.index):
+            if t.best_step is None:
+                continue
+            length = self._recorded_max_train_steps(t)
+            recorded = length is not None
+            if length is None:
+                steps = [step for step, _ in self.study.metrics(t.index)]
+                length = max(steps) if steps else 0
+            rows.append((t.index, t.best_step, length, recorded, float(t.score)))
+        cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+        return RetrospectiveSelection(
+            indices=np.asarray(cols[0], dtype=int),
+            best_steps=np.asarray(cols[1], dtype=float),
+            lengths=np.asarray(cols[2], dtype=float),
+            recorded=np.asarray(cols[3], dtype=bool),
+            scores=np.asarray(cols[4], dtype=float),
+        )
+
+    def training_length_warnings(self, *, late: float = 0.9, early: float = 0.1) -> list[str]:
+        """Warnings from the best steps of the top trials (playbook "Deciding how long to train").
+
+        Late: at least half of the top-k feasible trials (k as in the boundary check) reach their
+        best value in the last ``1 - late`` of training. Early: all of them within the first
+        ``early``.
+        """
+        retro = self.retrospective()
+        if not len(retro.indices):
+            return []
+        frac = dict(zip(retro.indices.tolist(), retro.fractions.tolist()))
+        lengths = dict(zip(retro.indices.tolist(), retro.lengths.tolist()))
+        top = [t for t in self.best_trials(self.top_k or default_top_k(len(self.feasible()))) if t.index in frac]
+        if not top:
+            return []
+        what = (f"max_train_steps={retro.max_train_steps}" if retro.max_train_steps is not None
+                else "each trial's max_train_steps" if retro.recorded.all() else "each trial's last reported step")
+        n_late = sum(frac[t.index] >= late for t in top)
+        msgs = []
+        if n_late * 2 >= len(top):
+            best = top[0]
+            msgs.append(
+                f"{n_late} of the top {len(top)} trials reached their best {self.metric} in the last "
+                f"{1 - late:.0%} of training (best trial #{best.index} at step {best.best_step} of "
+                f"{int(lengths[best.index])}; lengths: {what}): train longer. Playbook (Deciding how long "
+                "to train): \"if the best step is consistently in the last 25% of training we might benefit "
+                "from training longer and re-tuning the decay schedule.\""
+            )
+        elif all(frac[t.index] < early for t in top):
+            msgs.append(
+                f"All top {len(top)} trials reached their best {self.metric} in the first {early:.0%} of "
+                f"training (lengths: {what}). Playbook (Deciding how long to train): \"if the best step is "
+                "always during the first 10% of training, then the maximum number of steps is way too high.\""
+            )
+        return msgs
+
+    def resumed_trials(self) -> list:
+        """Trials that were run more than once (``attempts > 1``): interrupted, re-queued, resumed."""
+        return [t for t in self._trials if getattr(t, "attempts", 1) > 1]
 
     # -- summary, plots and report ---------------------------------------------------------------
 

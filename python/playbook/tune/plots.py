@@ -16,6 +16,8 @@ registry, nothing to close, no GUI backend; PNGs are rendered by Agg) and return
 - :func:`bootstrap_plot`: box plot of the best score versus the number of trials (FAQ 7.7,
   figure 3).
 - :func:`scientific_plot`: best score per scientific value with its bootstrap spread.
+- :func:`retrospective_plot`: best step per trial and its histogram relative to the training
+  length (playbook "Deciding how long to train").
 
 Example:
     >>> from playbook.tune import plots
@@ -48,6 +50,7 @@ __all__ = [
     "curves_plot",
     "bootstrap_plot",
     "scientific_plot",
+    "retrospective_plot",
     "write_all",
     "save",
 ]
@@ -500,6 +503,49 @@ def scientific_plot(analysis: Analysis, *, n_resamples: int = 1000,
     return fig
 
 
+def retrospective_plot(analysis: Analysis, *, late: float = 0.9) -> Figure:
+    """Best step of every feasible trial versus trial index, and the histogram of best step /
+    training length (playbook "Deciding how long to train": "plot the training step that
+    retrospective checkpoint selection finds in order to refine the choice of max_train_steps").
+
+    The length is the recorded ``max_train_steps`` (param or study config) when there is one,
+    else the trial's last reported step; the last ``1 - late`` of training is shaded.
+    """
+    retro = analysis.retrospective()
+    fig = Figure(figsize=(10.0, 4.0), dpi=_DPI, layout="constrained")
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if len(retro.indices):
+        ax1.scatter(retro.indices, retro.best_steps, color="tab:blue", label="best step")
+        best = analysis.best_trials(1)
+        if best and best[0].best_step is not None:
+            ax1.scatter([best[0].index], [best[0].best_step], marker="*", s=200, color=_BEST_COLOR,
+                        edgecolors="black", zorder=3, label=f"best trial #{best[0].index}")
+        mts = retro.max_train_steps
+        if mts is not None:
+            ax1.axhline(mts, color="gray", linestyle="--", label=f"max_train_steps={mts}")
+            ax1.axhspan(late * mts, mts, color="tab:red", alpha=0.1)
+        ax1.legend(loc="best", fontsize="small")
+        frac = retro.fractions[np.isfinite(retro.fractions)]
+        ax2.hist(np.clip(frac, 0.0, 1.0), bins=np.linspace(0.0, 1.0, 11), color="tab:blue", edgecolor="white")
+        ax2.axvspan(late, 1.0, color="tab:red", alpha=0.1, label=f"last {1 - late:.0%}")
+        ax2.legend(loc="best", fontsize="small")
+    else:
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no feasible trial with a best step", ha="center", va="center",
+                    transform=ax.transAxes)
+    ax1.set_xlabel("trial index")
+    ax1.set_ylabel(f"step of best {analysis.metric}")
+    ax1.set_title("Retrospective checkpoint selection", fontsize="medium")
+    ax1.grid(True, alpha=0.3)
+    denom = "max_train_steps" if len(retro.recorded) and retro.recorded.all() else "training length"
+    ax2.set_xlabel(f"best step / {denom}")
+    ax2.set_ylabel("trials")
+    ax2.set_xlim(0.0, 1.0)
+    ax2.set_title("Where the best checkpoint falls", fontsize="medium")
+    ax2.grid(True, alpha=0.3)
+    return fig
+
+
 def write_all(analysis: Analysis, out_dir: "str | Path", *, curves_k: int = 5,
               n_buckets: int = 10, n_resamples: int = 1000,
               seed: Optional[int] = 0) -> list[Path]:
@@ -526,4 +572,6 @@ def write_all(analysis: Analysis, out_dir: "str | Path", *, curves_k: int = 5,
     if analysis.scientific() and analysis.feasible():
         paths.append(save(scientific_plot(analysis, n_resamples=n_resamples, seed=seed),
                           out / "scientific.png"))
+    if len(analysis.retrospective().indices):
+        paths.append(save(retrospective_plot(analysis), out / "retrospective.png"))
     return paths

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
+
 from playbook.tune import plots as _plots
 from playbook.tune.analysis import Analysis
 from playbook.tune.cli import _fmt  # one cell formatter for the text and HTML tables
@@ -181,6 +183,30 @@ def _space_rows(analysis: Analysis) -> list[list[Any]]:
     return rows
 
 
+def _retrospective_section(analysis: Analysis) -> list[str]:
+    """Retrospective checkpoint selection (best step vs training length) and resumed trials."""
+    parts = []
+    retro = analysis.retrospective()
+    if len(retro.indices):
+        frac = retro.fractions
+        mts = retro.max_train_steps
+        length = f"max_train_steps={mts}" if mts is not None else (
+            "each trial's max_train_steps" if retro.recorded.all() else "each trial's last reported step")
+        parts.append("<h2>Retrospective checkpoint selection</h2>")
+        parts.append(
+            f"<p>Best step / training length ({html.escape(length)}) over {len(frac)} feasible trials: "
+            f"median {html.escape(_fmt(float(np.nanmedian(frac))))}, "
+            f"{int(np.sum(frac >= 0.9))} in the last 10%, {int(np.sum(frac < 0.1))} in the first 10% "
+            "(playbook &quot;Deciding how long to train&quot;; see retrospective.png).</p>")
+    resumed = analysis.resumed_trials()
+    if resumed:
+        parts.append("<h2>Resumed trials</h2>")
+        parts.append(f"<p>{len(resumed)} trial(s) ran more than once (interrupted or re-queued, then "
+                     "resumed from their checkpoints when the objective restores them).</p>")
+        parts.append(_trials_table(analysis, resumed))
+    return parts
+
+
 def render_html(analysis: Analysis, images: Sequence["str | Path"], *,
                 n_resamples: int = 1000, seed: Optional[int] = 0, top: int = 10) -> str:
     """The report page as a string, with ``images`` embedded as data URIs."""
@@ -242,6 +268,8 @@ def render_html(analysis: Analysis, images: Sequence["str | Path"], *,
         parts.append(_table(["trials", "q25", "median", "q75", "P(no feasible)"],
                             [[r["k"], r["q25"], r["median"], r["q75"],
                               r["p_no_feasible"]] for r in boot.table()], sortable=True))
+
+    parts.extend(_retrospective_section(analysis))
 
     parts.append("<h2>Plots</h2>")
     for img in images:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from playbook.tune.artifacts import artifacts_dir, check_artifacts
 from playbook.tune.halton import _check_seed, new_seed
 from playbook.tune.space import SearchSpace, Spec
 from playbook.tune.storage import Storage, StudyRecord, TrialRecord, mask_url, open_storage
@@ -159,6 +161,7 @@ class Study:
         metric: str = "val_error",
         mode: str = "min",
         notes: str = "",
+        artifacts: str | os.PathLike[str] | None = None,
     ) -> Study:
         """Create a study, or open it if one with the same name and config exists.
 
@@ -172,6 +175,9 @@ class Study:
             metric: Metric that scores trials, as passed to ``trial.report``.
             mode: ``"min"`` or ``"max"``.
             notes: Free text stored with the study (not compared when reopening).
+            artifacts: Directory for the trials' files (checkpoints); stored in the config as
+                an absolute path. Default: ``<db stem>_artifacts/<study>/`` beside the SQLite
+                file. Reopening with a different ``artifacts`` is an error.
 
         Returns:
             The study.
@@ -200,6 +206,8 @@ class Study:
             "mode": mode,
             "notes": notes,
         }
+        if artifacts is not None:
+            config["artifacts"] = check_artifacts(artifacts)
         existing = store.get_study(name)
         if existing is None:
             config["seed"] = new_seed() if seed is None else seed
@@ -208,6 +216,8 @@ class Study:
             config["seed"] = existing.seed
         stored = existing.config
         diff = config_diff(stored, config)
+        if artifacts is not None and stored.get("artifacts") != config["artifacts"]:
+            diff.append("artifacts")
         grow = False
         if diff == ["num_trials"] and int(config["num_trials"]) > int(stored.get("num_trials", 0)):
             diff, grow = [], True  # a study can grow (trial i depends only on space, seed and i)
@@ -305,6 +315,12 @@ class Study:
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"Invalid trial index {index!r}: it needs to be an int >= 0.")
         return self.space.sample(index, self.seed)
+
+    @property
+    def artifacts(self) -> Path:
+        """The study's artifacts directory (``config["artifacts"]``, else ``<db stem>_artifacts/<study>/``
+        beside the SQLite file); trial ``i`` uses ``trial_<i:05d>/`` inside it."""
+        return artifacts_dir(self.name, self.config, self._storage)
 
     def trials(self) -> list[TrialRecord]:
         """Every trial stored so far (claimed at least once), sorted by index."""

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Mapping
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from playbook.tune.storage import Storage
+
+if TYPE_CHECKING:
+    from playbook.ckpt import CheckpointManager
 
 __all__ = ["Trial", "TrialInfeasible", "TrialLost", "is_better", "nonfinite_metrics", "as_number"]
 
@@ -118,6 +123,7 @@ class Trial:
         mode: str,
         storage: Storage | None,
         worker: str,
+        directory: str | os.PathLike[str] | None = None,
     ) -> None:
         self.index = int(index)
         self.params = dict(params)
@@ -132,6 +138,9 @@ class Trial:
         self.final: dict[str, Any] = {}
         self._storage = storage
         self._last_step: int | None = None
+        self._directory = None if directory is None else Path(directory)
+        # (step, value of the study metric) of every stored report, earlier attempts included.
+        self._history: list[tuple[int, float]] | None = None
 
     def __repr__(self) -> str:
         return f"Trial(index={self.index}, params={self.params!r}, status={self.status!r}, score={self.score!r})"
@@ -139,6 +148,68 @@ class Trial:
     def _check_running(self, what: str) -> None:
         if self.status != "running":
             raise RuntimeError(f"Trial {self.index} is already {self.status}; cannot {what}.")
+
+    @property
+    def directory(self) -> Path:
+        """This trial's own folder, ``<study artifacts>/trial_<index:05d>/`` (created on first use).
+
+        It is kept when the trial is re-run (interrupted run, dead worker, heartbeat timeout), so
+        an objective that checkpoints there continues where the previous attempt stopped.
+        """
+        if self._directory is None:
+            from playbook.tune.artifacts import artifacts_dir, trial_dir
+
+            if self._storage is None:
+                raise ValueError(f"Trial {self.index} has no storage and no directory: pass Trial(..., directory=PATH).")
+            record = self._storage.get_study(self.study_name)
+            if record is None:
+                raise ValueError(f"Study {self.study_name!r} is not in {self._storage.url!r}.")
+            self._directory = trial_dir(artifacts_dir(self.study_name, record.config, self._storage), self.index)
+        self._directory.mkdir(parents=True, exist_ok=True)
+        return self._directory
+
+    def checkpoints(self, **kwargs: Any) -> CheckpointManager:
+        """A :class:`playbook.ckpt.CheckpointManager` in ``directory/checkpoints`` ranking by the
+        study's metric and mode (``kwargs`` go to the manager: ``keep_best``, ``keep_latest``,
+        ``async_save``; ``metric``/``mode`` override the study's).
+
+        Example:
+            >>> def objective(trial):
+            ...     mgr = trial.checkpoints(keep_best=1)
+            ...     start = mgr.restore_into(model=model, optimizer=opt)   # 0, or resume
+            ...     for step in range(start, 1000):
+            ...         ...
+            ...         mgr.save(step, {"model": model, "optimizer": opt}, metrics={"val_error": err})
+            ...         trial.report(step, val_error=err)
+        """
+        from playbook.ckpt import CheckpointManager
+
+        kwargs.setdefault("metric", self.metric)
+        kwargs.setdefault("mode", self.mode)
+        return CheckpointManager(self.directory / "checkpoints", **kwargs)
+
+    def _load_history(self) -> list[tuple[int, float]]:
+        if self._history is None:
+            self._history = []
+            if self._storage is not None:
+                for step, values in self._storage.metrics(self.study_name, self.index):
+                    if self.metric in values:
+                        self._history.append((step, float(values[self.metric])))
+                        self._update_score(float(values[self.metric]), step)
+        return self._history
+
+    def _record(self, step: int, value: float | None) -> None:
+        """Keep the curve of the study metric as the storage does: a report at ``step`` replaces
+        everything at steps >= ``step`` (a resumed attempt rewrites its future), then rescore."""
+        history = self._load_history()
+        if history and history[-1][0] >= step:
+            history[:] = [(s, v) for s, v in history if s < step]
+            self.score, self.best_step = None, None
+            for s, v in history:
+                self._update_score(v, s)
+        if value is not None:
+            history.append((step, value))
+            self._update_score(value, step)
 
     def _update_score(self, value: float, step: int | None) -> None:
         if math.isfinite(value) and is_better(value, self.score, self.mode):
@@ -149,7 +220,9 @@ class Trial:
         """Record metrics at a training step (one point of each training curve).
 
         Args:
-            step: Training step (int; steps may repeat, the later value wins).
+            step: Training step (int). A report at ``step`` first drops every stored report of this
+                trial at steps >= ``step``: a trial resumed from a checkpoint rewrites the rest of
+                its curve, and the score and best step are those of the curve as stored.
             **metrics: ``name=value`` floats, e.g. ``val_error=0.2, train_loss=0.7``.
 
         Raises:
@@ -166,8 +239,7 @@ class Trial:
         if not metrics:
             raise ValueError("Trial.report needs at least one metric, e.g. trial.report(step, val_error=0.2).")
         values = {name: _as_float(name, v) for name, v in metrics.items()}
-        if self.metric in values:
-            self._update_score(values[self.metric], step)
+        self._record(step, values.get(self.metric))
         self._last_step = step
         if self._storage is not None:
             owned = self._storage.report(
