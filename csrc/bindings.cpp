@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "playbook/check.h"
+#include "playbook/cuda_status.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
 
@@ -292,6 +293,17 @@ void init_info(py::module_& m) {
   m.def("version", [] { return std::string(PLAYBOOK_VERSION); });
   m.def("cuda_compiled", &cuda::compiled);
   m.def("cuda_archs", [] { return std::string(cuda::archs()); });
+  m.def("cuda_toolkit_version", [] { return std::string(cuda::toolkit_version()); });
+  m.def("cuda_runtime_status", [] {
+    const cuda::RuntimeStatus s = cuda::runtime_status();
+    py::dict d;
+    d["runtime_version"] = s.runtime_version;
+    d["driver_version"] = s.driver_version;
+    d["device_count"] = s.device_count;
+    d["error"] = s.error;
+    d["capabilities"] = s.capabilities;
+    return d;
+  }, "Linked cudart and driver versions, devices and their compute capabilities (no context created)");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); });
   m.def("simd_levels", &simd_levels, "SIMD levels compiled into this build");
   m.def("set_simd_level", [](const std::string& level) { return cpu::set_simd_level(level.c_str()); },

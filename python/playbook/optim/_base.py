@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from playbook import _C
+from playbook._cuda import require_kernels
 from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_handle
 
 _is_contiguous = torch.Tensor.is_contiguous
@@ -301,6 +302,9 @@ class FusedOptimizer(Optimizer):
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for p in params:
             by_device.setdefault(p.device, []).append(p)
+        for device in by_device:  # can this build's kernels run there? (playbook/_cuda.py)
+            if device.type == "cuda":
+                require_kernels(device_index(device))
         devices = []
         for device, ps in by_device.items():
             with_state, stateless = [], []
