@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_guard_plan.h"
 #include "playbook/check.h"
 #include "playbook/cuda_status.h"
 #include "playbook/optim.h"
@@ -304,6 +305,11 @@ void init_info(py::module_& m) {
     d["capabilities"] = s.capabilities;
     return d;
   }, "Linked cudart and driver versions, devices and their compute capabilities (no context created)");
+  m.def("_device_guard_plan", [](int previous, bool context_known, bool had_context, int target) {
+    const cuda::detail::DeviceGuardPlan p =
+        cuda::detail::plan_device_guard(previous, context_known, had_context, target);
+    return py::make_tuple(p.set_device, static_cast<int>(p.restore));
+  }, "Test hook: (set_device, restore) of the CUDA device guard (0 nothing, 1 previous device, 2 no context)");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); });
   m.def("simd_levels", &simd_levels, "SIMD levels compiled into this build");
   m.def("set_simd_level", [](const std::string& level) { return cpu::set_simd_level(level.c_str()); },

@@ -140,3 +140,24 @@ def test_optimizer_on_unservable_device_raises_before_touching_state():
     with pytest.raises(RuntimeError, match="playbook's CUDA kernels cannot run on cuda:0"):
         opt._build_group(0, opt.param_groups[0])
     assert len(opt.state) == 0 and opt._gn is None
+
+
+# (previous device, driver could be asked, thread had a context, target) -> (set, restore)
+GUARD_CASES = [
+    ((0, True, False, 1), (True, 2)),   # no context: set cuda:1, then unbind -- never cudaSetDevice(0)
+    ((0, True, False, 0), (False, 2)),  # no context, target 0: unbind what the launch bound
+    ((1, True, True, 1), (False, 0)),   # already current: nothing to do
+    ((0, True, True, 1), (True, 1)),    # a context on 0 exists: switch and switch back
+    ((0, False, False, 1), (True, 1)),  # driver not queryable: the plain guard
+    ((2, False, True, 2), (False, 0)),
+]
+
+
+@pytest.mark.parametrize("args,expected", GUARD_CASES, ids=[str(a) for a, _ in GUARD_CASES])
+def test_device_guard_never_creates_a_context_on_gpu0(args, expected):
+    set_device, restore = _C._device_guard_plan(*args)
+    assert (set_device, restore) == expected
+    previous, known, had_context, target = args
+    if known and not had_context:
+        # The only device ever set is the target: device 0 is never made current on our behalf.
+        assert restore != 1 and (not set_device or target != previous)
