@@ -29,6 +29,17 @@ if(NOT PLAYBOOK_CUDA STREQUAL "OFF")
     endif()
     set(CMAKE_CUDA_COMPILER "${PLAYBOOK_CUDA_HOME}/bin/nvcc")
     set(CUDAToolkit_ROOT "${PLAYBOOK_CUDA_HOME}")
+    if(NOT EXISTS "${PLAYBOOK_CUDA_HOME}/lib64" AND EXISTS "${PLAYBOOK_CUDA_HOME}/lib/libcudart_static.a")
+      # The pip wheels' layout (site-packages/nvidia/cu13): lib/, where nvcc.profile says lib64/.
+      # No unversioned libcudart.so either: name the versioned one for FindCUDAToolkit (the
+      # extension links cudart_static; the shared library is only looked for).
+      string(APPEND CMAKE_CUDA_FLAGS " -L${PLAYBOOK_CUDA_HOME}/lib")
+      file(GLOB _playbook_cudart_so "${PLAYBOOK_CUDA_HOME}/lib/libcudart.so.*")
+      if(_playbook_cudart_so AND NOT CUDA_CUDART)
+        list(GET _playbook_cudart_so 0 _playbook_cudart_so)
+        set(CUDA_CUDART "${_playbook_cudart_so}" CACHE FILEPATH "cudart (pip wheel layout)")
+      endif()
+    endif()
   elseif(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
     find_program(PLAYBOOK_NVCC nvcc HINTS /usr/local/cuda/bin)
     if(PLAYBOOK_NVCC)

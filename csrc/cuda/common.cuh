@@ -76,18 +76,29 @@ using CtxGetCurrentFn = int (*)(void**);
 using CtxSetCurrentFn = int (*)(void*);
 
 inline void* driver_entry_point(const char* symbol) {
+#if !defined(__NVCC__)
+  (void)symbol;  // host-compiled builds of these sources (the launch emulator): no driver
+  return nullptr;
+#else
   void* fn = nullptr;
+#if CUDART_VERSION >= 12000
   cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
 #if CUDART_VERSION >= 12050
   const cudaError_t err = cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault, &status);
 #else
   const cudaError_t err = cudaGetDriverEntryPoint(symbol, &fn, cudaEnableDefault, &status);
 #endif
-  if (err != cudaSuccess || status != cudaDriverEntryPointSuccess) {
+  const bool found = err == cudaSuccess && status == cudaDriverEntryPointSuccess && fn != nullptr;
+#else
+  const cudaError_t err = cudaGetDriverEntryPoint(symbol, &fn, cudaEnableDefault);
+  const bool found = err == cudaSuccess && fn != nullptr;
+#endif
+  if (!found) {
     cudaGetLastError();  // not the caller's error
     return nullptr;
   }
   return fn;
+#endif
 }
 
 // Makes `device` current for the scope and restores the thread's previous state afterwards,

@@ -60,7 +60,9 @@ def cuda_status() -> dict[str, Any]:
         without a driver), ``min_driver`` (the oldest driver branch the toolkit runs on),
         ``device_query_error``, ``devices_from`` (``"playbook's runtime"`` or ``"torch"``),
         ``devices`` (per device: ``index``, ``capability``, ``kernels_run`` (True/False/None),
-        ``how`` and ``reason``) and a one-line ``summary``.
+        ``how`` and ``reason``), ``torch_cuda`` (``torch.version.cuda``), ``note`` (non-empty
+        when torch and the kernels were built for different CUDA majors, i.e. need different
+        drivers) and a one-line ``summary``.
 
     Example:
         >>> import playbook

@@ -205,6 +205,17 @@ def cuda_status() -> dict[str, Any]:
     else:
         good = sum(1 for d in devices if d["kernels_run"])
         summary = f"the CUDA kernels run on {good} of {len(devices)} visible device(s)"
+    import torch
+
+    torch_cuda = torch.version.cuda
+    note = ""
+    if toolkit and torch_cuda and parse_version(torch_cuda)[0] != parse_version(toolkit)[0]:
+        t_major, k_major = parse_version(torch_cuda)[0], parse_version(toolkit)[0]
+        note = (
+            f"torch is a CUDA {torch_cuda} build (drivers >= {MIN_DRIVER.get(t_major, '?')}) but these kernels "
+            f"were built with CUDA {toolkit} (drivers >= {MIN_DRIVER.get(k_major, '?')}); to run wherever "
+            f"torch runs, {_fix_rebuild(t_major)}"
+        )
     drv = driver_cuda_version(driver)
     rt = driver_cuda_version(int(rs["runtime_version"]))
     return {
@@ -217,6 +228,8 @@ def cuda_status() -> dict[str, Any]:
         "device_query_error": rs["error"] or None,
         "devices_from": source if devices else None,
         "devices": devices,
+        "torch_cuda": torch_cuda,
+        "note": note,
         "summary": summary,
     }
 
