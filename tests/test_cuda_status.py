@@ -97,11 +97,12 @@ def test_build_info_reports_toolkit():
 def test_cuda_status_on_this_machine():
     """Works here (no GPU, no driver in this project's machines) and tells the truth about it."""
     s = playbook.cuda_status()
-    assert set(s) >= {"compiled", "toolkit", "archs", "runtime", "driver", "devices", "summary"}
+    assert set(s) >= {"compiled", "toolkit", "archs", "runtime", "driver", "driver_release", "devices", "summary"}
     assert s["compiled"] == playbook.build_info()["cuda"]
     raw = _C.cuda_runtime_status()
     if raw["driver_version"] == 0:
         assert s["driver"] is None and s["devices"] == [] or not s["compiled"]
+        assert s["driver_release"] is None  # no libnvidia-ml without a driver
         if s["compiled"]:
             assert s["summary"] == "no NVIDIA driver on this machine: the CUDA kernels cannot run here"
             assert s["runtime"] == "{}.{}".format(*parse_version(s["toolkit"]))  # static cudart = toolkit

@@ -57,7 +57,7 @@ def cuda_status() -> dict[str, Any]:
     Returns:
         A dict with ``compiled``, ``toolkit`` (e.g. ``"13.0.88"``), ``archs``, ``runtime`` (the
         linked cudart's CUDA version), ``driver`` (the CUDA version the driver supports, None
-        without a driver), ``min_driver`` (the oldest driver branch the toolkit runs on),
+        without a driver), ``driver_release`` (e.g. ``"550.54.15"``, from NVML), ``min_driver`` (the oldest driver branch the toolkit runs on),
         ``device_query_error``, ``devices_from`` (``"playbook's runtime"`` or ``"torch"``),
         ``devices`` (per device: ``index``, ``capability``, ``kernels_run`` (True/False/None),
         ``how`` and ``reason``), ``torch_cuda`` (``torch.version.cuda``), ``note`` (non-empty

@@ -161,6 +161,31 @@ def kernel_support(
     ))
 
 
+def _driver_release() -> str | None:
+    """The driver's release number (``"550.54.15"``) from NVML, or None without a driver.
+
+    libnvidia-ml ships with the driver; it is loaded with ctypes (no dependency) and only read.
+    """
+    import ctypes
+
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return None
+        try:
+            buf = ctypes.create_string_buffer(96)
+            if nvml.nvmlSystemGetDriverVersion(buf, ctypes.c_uint(len(buf))) != 0:
+                return None
+            return buf.value.decode() or None
+        finally:
+            nvml.nvmlShutdown()
+    except AttributeError:
+        return None
+
+
 def _torch_devices() -> list[tuple[int, int]] | None:
     """Compute capabilities as torch sees them, or None when torch has no usable CUDA."""
     import torch
@@ -224,6 +249,7 @@ def cuda_status() -> dict[str, Any]:
         "archs": archs,
         "runtime": f"{rt[0]}.{rt[1]}" if rs["runtime_version"] else None,
         "driver": f"{drv[0]}.{drv[1]}" if driver else None,
+        "driver_release": _driver_release(),
         "min_driver": MIN_DRIVER.get(parse_version(toolkit)[0]) if toolkit else None,
         "device_query_error": rs["error"] or None,
         "devices_from": source if devices else None,
