@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda/device_guard_plan.h"
+#include "cuda/launch.cuh"
 #include "playbook/check.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
