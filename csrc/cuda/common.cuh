@@ -46,6 +46,9 @@ static_assert(kBlockSize % kWarpSize == 0 && kBlockSize / kWarpSize <= kWarpSize
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* expr, const char* file,
                                           int line) {
+  // Any failed runtime call also becomes the runtime's last error; reset it (non-sticky errors)
+  // so that the next launch check of a later call does not report this error as its own.
+  cudaGetLastError();
   std::ostringstream os;
   os << "CUDA error " << cudaGetErrorName(err) << " (" << static_cast<int>(err)
      << "): " << cudaGetErrorString(err) << " in '" << expr << "' [" << file << ":" << line << "]";
