@@ -175,8 +175,8 @@ class AdamPlan {
                    "got ", max_exp_avg_sqs_.size(), " max_exp_avg_sq tensors for ", layout_.size(), " params");
   }
 
-  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
-            float beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, double beta1,
+            double beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
             int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
     PLAYBOOK_CHECK(!amsgrad || !max_exp_avg_sqs_.empty(), "amsgrad=True but the plan has no max_exp_avg_sq state");
     AdamTensors t;
@@ -217,8 +217,8 @@ class NAdamPlan {
     check_state_list(steps_, layout_.size(), "step");
   }
 
-  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
-            float beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, double beta1,
+            double beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
             bool maximize, int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
     NAdamTensors t;
     const std::vector<size_t> idx = pick_params(layout_, param_ptrs, grad_ptrs, &t.params, &t.grads);

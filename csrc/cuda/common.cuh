@@ -283,23 +283,6 @@ __device__ __forceinline__ void store_ilp(T* x, int64_t i, int64_t n, bool align
   }
 }
 
-// torch.lerp(start, end, w): start + w*(end-start) if |w| < 0.5 else end - (end-start)*(1-w)
-// (same expression as csrc/cpu/kernels/kernel_utils.h).
-__device__ __forceinline__ opmath_t lerp(opmath_t start, opmath_t end, opmath_t w,
-                                         opmath_t one_minus_w, bool low) {
-  return low ? start + w * (end - start) : end - (end - start) * one_minus_w;
-}
-
-// NAdam's momentum schedule, shared by the update kernel and the step advance so both round the
-// new mu_product identically: mu_t = b1 (1 - 0.5 * 0.96^(t md)).
-__device__ __forceinline__ double nadam_mu(double beta1, double t, double momentum_decay) {
-  return beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
-}
-// torch keeps mu_product in a float32 tensor: the product is rounded to fp32.
-__device__ __forceinline__ float nadam_next_mu_product(float mu_product, double mu) {
-  return static_cast<float>(static_cast<double>(mu_product) * mu);
-}
-
 }  // namespace detail
 }  // namespace cuda
 }  // namespace playbook

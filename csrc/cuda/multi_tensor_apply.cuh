@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "cuda/common.cuh"
+#include "playbook/math/nadam.h"
 
 namespace playbook {
 namespace cuda {
@@ -235,7 +236,8 @@ __global__ void __launch_bounds__(kStepAdvanceThreads)
   if (kNAdam) {
     const double t = static_cast<double>(old_step) + 1.0;
     float* const mu_product = table.mu_products[i];
-    *mu_product = nadam_next_mu_product(*mu_product, nadam_mu(args.beta1, t, args.momentum_decay));
+    *mu_product = math::nadam_next_mu_product(*mu_product,
+                                              math::nadam_mu(args.beta1, t, args.momentum_decay));
   }
   *step = old_step + 1.f;
 }

@@ -172,11 +172,15 @@ using std::isinf;
 using std::isnan;
 using std::signbit;
 
-// Kernels in namespace playbook::cuda see the emulator's pow before ::pow.
+// Device code in namespaces playbook::cuda and playbook::math (the shared element math of
+// playbook/math/*.h, compiled here as device code) sees the emulator's pow before ::pow.
 namespace playbook {
 namespace cuda {
 using ::playbook_emu::pow;
 }  // namespace cuda
+namespace math {
+using ::playbook_emu::pow;
+}  // namespace math
 }  // namespace playbook
 
 #define threadIdx (::playbook_emu::tls_thread_idx)

@@ -196,6 +196,7 @@ double emu_sumsq(std::vector<TensorDesc> grads, std::vector<double>* per_tensor)
 
 int main(int argc, char** argv) {
   using namespace emu_test;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // failures are printed before any crash
   Context ctx;
   std::vector<std::string> wanted;
   for (int i = 1; i < argc; ++i) {

@@ -74,8 +74,10 @@ struct AdamTensors {
 struct AdamHyper {
   float lr = 1e-3f;
   const float* lr_ptr = nullptr;  // capturable: read lr from device memory instead of `lr`
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
+  // Betas in double, as the user gave them: 1 - beta and the bias corrections are computed in
+  // double and rounded to fp32 once (as torch does), not from fp32-rounded betas.
+  double beta1 = 0.9;
+  double beta2 = 0.999;
   float eps = 1e-8f;
   float weight_decay = 0.f;
   bool decoupled_weight_decay = false;  // AdamW: p *= 1 - lr*wd before the update
@@ -96,8 +98,8 @@ struct NAdamTensors {
 struct NAdamHyper {
   float lr = 2e-3f;
   const float* lr_ptr = nullptr;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
+  double beta1 = 0.9;  // double: see AdamHyper
+  double beta2 = 0.999;
   float eps = 1e-8f;
   float weight_decay = 0.f;
   float momentum_decay = 4e-3f;
