@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_guard_plan.h"
 #include "playbook/check.h"
+#include "playbook/cuda_status.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
 
@@ -173,8 +175,8 @@ class AdamPlan {
                    "got ", max_exp_avg_sqs_.size(), " max_exp_avg_sq tensors for ", layout_.size(), " params");
   }
 
-  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
-            float beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, double beta1,
+            double beta2, float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize,
             int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
     PLAYBOOK_CHECK(!amsgrad || !max_exp_avg_sqs_.empty(), "amsgrad=True but the plan has no max_exp_avg_sq state");
     AdamTensors t;
@@ -215,8 +217,8 @@ class NAdamPlan {
     check_state_list(steps_, layout_.size(), "step");
   }
 
-  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, float beta1,
-            float beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
+  void step(const Ptrs& param_ptrs, const Ptrs& grad_ptrs, float lr, int64_t lr_ptr, double beta1,
+            double beta2, float eps, float weight_decay, float momentum_decay, bool decoupled,
             bool maximize, int variant, int64_t step_values_ptr, int num_threads, int64_t stream) const {
     NAdamTensors t;
     const std::vector<size_t> idx = pick_params(layout_, param_ptrs, grad_ptrs, &t.params, &t.grads);
@@ -292,6 +294,22 @@ void init_info(py::module_& m) {
   m.def("version", [] { return std::string(PLAYBOOK_VERSION); });
   m.def("cuda_compiled", &cuda::compiled);
   m.def("cuda_archs", [] { return std::string(cuda::archs()); });
+  m.def("cuda_toolkit_version", [] { return std::string(cuda::toolkit_version()); });
+  m.def("cuda_runtime_status", [] {
+    const cuda::RuntimeStatus s = cuda::runtime_status();
+    py::dict d;
+    d["runtime_version"] = s.runtime_version;
+    d["driver_version"] = s.driver_version;
+    d["device_count"] = s.device_count;
+    d["error"] = s.error;
+    d["capabilities"] = s.capabilities;
+    return d;
+  }, "Linked cudart and driver versions, devices and their compute capabilities (no context created)");
+  m.def("_device_guard_plan", [](int previous, bool context_known, bool had_context, int target) {
+    const cuda::detail::DeviceGuardPlan p =
+        cuda::detail::plan_device_guard(previous, context_known, had_context, target);
+    return py::make_tuple(p.set_device, static_cast<int>(p.restore));
+  }, "Test hook: (set_device, restore) of the CUDA device guard (0 nothing, 1 previous device, 2 no context)");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); });
   m.def("simd_levels", &simd_levels, "SIMD levels compiled into this build");
   m.def("set_simd_level", [](const std::string& level) { return cpu::set_simd_level(level.c_str()); },

@@ -125,3 +125,85 @@ def test_params_on_cpu_and_cuda_share_one_global_norm():
     assert opt.grad_norms()[0].item() == pytest.approx(n, rel=1e-6)
     torch.testing.assert_close(cpu[0].detach(), before_c - 0.1 * gc * (0.5 / n))
     torch.testing.assert_close(gpu[0].detach().cpu(), before_g - 0.1 * gg * (0.5 / n))
+
+
+@pytest.mark.parametrize("order", ["cpu-first", "cuda-first"])
+def test_cpu_and_cuda_params_finalize_on_cuda_with_a_cuda_lr(order):
+    """Issue 6 item 2: the CUDA partial total is never read by the host before it is written,
+    and a CUDA lr reaches the CPU params by a synchronous copy. Repeated with big grads so a
+    read of an unwritten total or lr would show."""
+    cpu = _params("cpu", sizes=(1000, 70001))
+    gpu = _params("cuda", sizes=(300000, 2000), seed=1)
+    ref = [torch.nn.Parameter(p.detach().double().cpu()) for p in cpu + gpu]
+    params = cpu + gpu if order == "cpu-first" else gpu + cpu
+    lr = torch.tensor(0.1, device="cuda")
+    opt = playbook.optim.SGD(params, lr=lr, max_grad_norm=0.5)
+    for step in range(5):
+        grads = _grads(cpu + gpu, step)
+        for p, g in zip(cpu + gpu, grads):
+            p.grad = g.to(p.device)
+        opt.step()
+        n = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+        for r, g in zip(ref, grads):
+            r.data -= 0.1 * g.double() * min(1.0, 0.5 / n)
+        assert opt.grad_norms()[-1].item() == pytest.approx(n, rel=1e-6)
+    for p, r in zip(cpu + gpu, ref):
+        torch.testing.assert_close(p.detach().double().cpu(), r.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("skip_nonfinite", [True, False])
+def test_grad_scaler_on_cuda_flags_only_skipped_steps(skip_nonfinite):
+    params = _params("cuda", sizes=(1000,))
+    opt = playbook.optim.Adam(params, lr=1e-3, skip_nonfinite=skip_nonfinite, max_grad_norm=1.0)
+    scaler = playbook.amp.GradScaler("cuda", init_scale=8.0)
+    scaler.scale(params[0].sum()).backward()
+    params[0].grad[3] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == (4.0 if skip_nonfinite else 8.0)
+    assert opt.skipped_steps == int(skip_nonfinite) and opt.clip_fraction() == 0.0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_found_inf_on_another_gpu_is_written_back():
+    params = _params("cuda:0", sizes=(1000,))
+    opt = playbook.optim.SGD(params, lr=0.1)
+    flag = torch.zeros((), device="cuda:1")
+    opt.found_inf = flag
+    params[0].grad = torch.full((1000,), float("nan"), device="cuda:0")
+    opt.step()
+    assert flag.item() == 1.0 and opt.skipped_steps == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_step_on_gpu1_creates_no_context_on_gpu0():
+    """NOTE: [Device guard without stray contexts]: a fresh process steps params on cuda:1 from a
+    thread with no current context; GPU 0 must not get a primary context."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading, torch, playbook
+        p = torch.nn.Parameter(torch.ones(1000, device="cuda:1"))
+        p.grad = torch.ones(1000, device="cuda:1")
+        opt = playbook.optim.Adam([p], lr=0.1)
+        t = threading.Thread(target=opt.step)
+        t.start(); t.join()
+        torch.cuda.synchronize(1)
+        print(int(torch._C._cuda_hasPrimaryContext(0)))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0"
+
+
+def test_mixed_dtype_step_advances_every_param_once():
+    """Two dtype groups, one preflight (NOTE: [All-or-nothing launches]): each param is updated
+    once and its step advanced once."""
+    params = _params("cuda", sizes=(1000, 3000)) + _params("cuda", sizes=(2000,), dtype=torch.bfloat16, seed=2)
+    opt = playbook.optim.Adam(params, lr=1e-3)
+    for step in range(3):
+        for p, g in zip(params, _grads(params, step)):
+            p.grad = g.to("cuda")
+        opt.step()
+    assert all(opt.state[p]["step"].item() == 3.0 for p in params)

@@ -6,6 +6,7 @@
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "playbook/check.h"
+#include "playbook/math/adam.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -22,30 +23,15 @@ void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_value
   if (n == 0 || step_values[kSkipIdx] != 0.f) return;  // NOTE: [Skipped step]
 
   const double lr = h.lr_ptr != nullptr ? static_cast<double>(*h.lr_ptr) : static_cast<double>(h.lr);
-  const float factor = step_values[kGradFactorIdx] * (h.maximize ? -1.f : 1.f);
+  const math::MomentConsts consts =
+      math::moment_consts(lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled_weight_decay,
+                          h.maximize, step_values[kGradFactorIdx]);
   std::vector<AdamScalars> scalars(n);
   for (size_t i = 0; i < n; ++i) {
-    const double step = static_cast<double>(*t.steps[i]) + 1.0;
-    const double bc1 = 1.0 - std::pow(static_cast<double>(h.beta1), step);
-    const double bc2 = 1.0 - std::pow(static_cast<double>(h.beta2), step);
-    AdamScalars& s = scalars[i];
-    s.grad_factor = factor;
-    s.weight_decay = h.decoupled_weight_decay ? 0.f : h.weight_decay;
-    s.decay = h.decoupled_weight_decay ? static_cast<float>(1.0 - lr * h.weight_decay) : 1.f;
-    s.beta1 = h.beta1;
-    s.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
-    s.beta2 = h.beta2;
-    s.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
-    s.eps = h.eps;
-    if (h.variant == Variant::kTorch) {
-      s.step_size = static_cast<float>(lr / bc1);
-      s.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-    } else {
-      s.step_size = static_cast<float>(lr * std::sqrt(bc2) / bc1);
-      s.bc2_sqrt = 1.f;
-    }
-    s.lerp_low = (1.0 - h.beta1) < 0.5;
-    s.amsgrad = h.amsgrad;
+    scalars[i].c = consts;
+    scalars[i].s = math::adam_step_scalars(lr, h.beta1, h.beta2, *t.steps[i],
+                                           h.variant == Variant::kPlaybook);
+    scalars[i].amsgrad = h.amsgrad;
   }
 
   const KernelTable& k = kernels();

@@ -11,6 +11,9 @@
 
 #include <cstdint>
 
+#include "playbook/math/adam.h"
+#include "playbook/math/nadam.h"
+#include "playbook/math/sgd.h"
 #include "playbook/tensor.h"
 
 namespace playbook {
@@ -20,33 +23,23 @@ namespace cpu {
 // the thread count.
 constexpr int64_t kChunkSize = 16384;
 
-// Per-tensor scalars of an Adam step, computed by the driver (csrc/cpu/adam.cpp).
+// Per-tensor scalars of a step, computed by the drivers (csrc/cpu/{adam,nadam,sgd}.cpp) with the
+// functions of playbook/math/*.h that the CUDA functors use too.
 struct AdamScalars {
-  float grad_factor;   // clip / grad_scale, negated when maximize
-  float weight_decay;  // L2 coefficient (0 when decoupled)
-  float decay;         // decoupled: 1 - lr*wd, else 1
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
-  float step_size;     // torch: lr / bc1; playbook: lr * sqrt(bc2) / bc1
-  float bc2_sqrt;      // torch: sqrt(bc2); playbook: 1 (divides sqrt(v))
-  bool lerp_low;       // torch.lerp branch: weight (1 - beta1) < 0.5
+  math::MomentConsts c;
+  math::AdamStepScalars s;
   bool amsgrad;
 };
 
 struct NAdamScalars {
-  float grad_factor, weight_decay, decay;
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
-  bool lerp_low;
-  bool playbook;       // variant
-  // torch variant: p -= coef_grad * g / denom + coef_avg * m / denom, denom = sqrt(v / bc2) + eps
-  float bc2, coef_grad, coef_avg;
-  // playbook variant: p -= step_size * (b1 m + (1-b1) g) / (sqrt(v) + eps)
-  float step_size;
+  math::MomentConsts c;
+  math::NAdamStepScalars s;
+  bool playbook;  // variant
 };
 
 struct SGDScalars {
-  float grad_factor, weight_decay, lr, momentum, one_minus_dampening;
+  math::SGDConsts c;
   bool first;     // momentum buffer starts as the gradient
-  bool nesterov;
   bool has_momentum;
 };
 

@@ -6,6 +6,7 @@
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "playbook/check.h"
+#include "playbook/math/nadam.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -22,34 +23,15 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   if (n == 0 || step_values[kSkipIdx] != 0.f) return;  // NOTE: [Skipped step]
 
   const double lr = h.lr_ptr != nullptr ? static_cast<double>(*h.lr_ptr) : static_cast<double>(h.lr);
-  const double b1 = h.beta1, b2 = h.beta2;
-  const float factor = step_values[kGradFactorIdx] * (h.maximize ? -1.f : 1.f);
+  const math::MomentConsts consts =
+      math::moment_consts(lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled_weight_decay,
+                          h.maximize, step_values[kGradFactorIdx]);
   std::vector<NAdamScalars> scalars(n);
-  std::vector<double> mus(n);
   for (size_t i = 0; i < n; ++i) {
-    const double step = static_cast<double>(*t.steps[i]) + 1.0;
-    const double bc1 = 1.0 - std::pow(b1, step);
-    const double bc2 = 1.0 - std::pow(b2, step);
-    const double mu = b1 * (1.0 - 0.5 * std::pow(0.96, step * h.momentum_decay));
-    const double mu_next = b1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * h.momentum_decay));
-    // torch keeps mu_product as a float32 tensor: round the product the same way.
-    const double mu_product = static_cast<double>(static_cast<float>(*t.mu_products[i] * mu));
-    mus[i] = mu;
-    NAdamScalars& s = scalars[i];
-    s.grad_factor = factor;
-    s.weight_decay = h.decoupled_weight_decay ? 0.f : h.weight_decay;
-    s.decay = h.decoupled_weight_decay ? static_cast<float>(1.0 - lr * h.weight_decay) : 1.f;
-    s.beta1 = h.beta1;
-    s.one_minus_beta1 = static_cast<float>(1.0 - b1);
-    s.beta2 = h.beta2;
-    s.one_minus_beta2 = static_cast<float>(1.0 - b2);
-    s.eps = h.eps;
-    s.lerp_low = (1.0 - b1) < 0.5;
-    s.playbook = h.variant == Variant::kPlaybook;
-    s.bc2 = static_cast<float>(bc2);
-    s.coef_grad = static_cast<float>(lr * (1.0 - mu) / (1.0 - mu_product));
-    s.coef_avg = static_cast<float>(lr * mu_next / (1.0 - mu_product * mu_next));
-    s.step_size = static_cast<float>(lr * std::sqrt(bc2) / bc1);
+    scalars[i].c = consts;
+    scalars[i].s = math::nadam_step_scalars(lr, h.beta1, h.beta2, h.momentum_decay, *t.steps[i],
+                                            *t.mu_products[i]);
+    scalars[i].playbook = h.variant == Variant::kPlaybook;
   }
 
   const KernelTable& k = kernels();
@@ -60,7 +42,7 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   });
   for (size_t i = 0; i < n; ++i) {
     *t.steps[i] += 1.f;
-    *t.mu_products[i] = static_cast<float>(*t.mu_products[i] * mus[i]);
+    *t.mu_products[i] = math::nadam_next_mu_product(*t.mu_products[i], scalars[i].s.mu);
   }
 }
 

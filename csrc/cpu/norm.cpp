@@ -45,11 +45,15 @@ void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const S
                  "finalize_grad_norm: history_size=", state.history_size, " but no history buffer");
   const double scale = args.grad_scale != nullptr ? static_cast<double>(*args.grad_scale) : 1.0;
   const float norm = static_cast<float>(std::sqrt(*total_sumsq) / scale);
+  // NOTE: [GradScaler semantics] A step is skipped when the scaler already found an inf, or when
+  // the norm is non-finite and skip_nonfinite is set. found_inf is set exactly when the step is
+  // skipped (so the scaler backs off only for steps that did not happen). A non-finite norm is
+  // never a clip: an applied non-finite step uses the unclipped grads (factor 1 / grad_scale).
   const bool nonfinite = !std::isfinite(norm);
   const bool found = args.found_inf != nullptr && *args.found_inf != 0.f;
-  const bool skip = (args.skip_nonfinite && nonfinite) || found;
-  if (args.found_inf != nullptr && nonfinite) *args.found_inf = 1.f;
-  const bool clipping = args.max_norm > 0.f && std::isfinite(args.max_norm) && norm > args.max_norm;
+  const bool skip = found || (args.skip_nonfinite && nonfinite);
+  if (args.found_inf != nullptr && skip) *args.found_inf = 1.f;
+  const bool clipping = !nonfinite && args.max_norm > 0.f && std::isfinite(args.max_norm) && norm > args.max_norm;
   const float clip = clipping ? args.max_norm / norm : 1.f;
   state.values[kNormIdx] = norm;
   state.values[kGradFactorIdx] = static_cast<float>(static_cast<double>(clip) / scale);

@@ -5,6 +5,7 @@
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "playbook/check.h"
+#include "playbook/math/sgd.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -20,18 +21,13 @@ void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, 
   if (n == 0 || step_values[kSkipIdx] != 0.f) return;  // NOTE: [Skipped step]
 
   const float lr = h.lr_ptr != nullptr ? *h.lr_ptr : h.lr;
-  const float factor = step_values[kGradFactorIdx] * (h.maximize ? -1.f : 1.f);
+  const math::SGDConsts consts = math::sgd_consts(lr, h.momentum, h.dampening, h.weight_decay,
+                                                  h.nesterov, h.maximize, step_values[kGradFactorIdx]);
   std::vector<SGDScalars> scalars(n);
   for (size_t i = 0; i < n; ++i) {
-    SGDScalars& s = scalars[i];
-    s.grad_factor = factor;
-    s.weight_decay = h.weight_decay;
-    s.lr = lr;
-    s.momentum = h.momentum;
-    s.one_minus_dampening = static_cast<float>(1.0 - static_cast<double>(h.dampening));
-    s.first = *t.steps[i] == 0.f;
-    s.nesterov = h.nesterov;
-    s.has_momentum = has_momentum;
+    scalars[i].c = consts;
+    scalars[i].first = *t.steps[i] == 0.f;
+    scalars[i].has_momentum = has_momentum;
   }
 
   const KernelTable& k = kernels();

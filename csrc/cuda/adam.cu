@@ -8,6 +8,7 @@
 #include "cuda/common.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "playbook/check.h"
+#include "playbook/math/adam.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -29,7 +30,8 @@ enum AdamListIdx : int {
 struct AdamArgs {
   const float* step_values;  // NOTE: [Step state]
   const float* lr_ptr;       // nullable: lr
-  float lr, beta1, beta2, eps, weight_decay;
+  double beta1, beta2;       // as the user gave them (1 - beta in double: playbook/math/adam.h)
+  float lr, eps, weight_decay;
   bool decoupled_weight_decay, maximize, playbook_variant;
 };
 
@@ -38,42 +40,28 @@ struct AdamFunctor {
   static constexpr int kDepth = kAmsgrad ? 6 : 5;
   AdamArgs a;
 
-  // Per thread, set by begin(): the scalars csrc/cpu/adam.cpp computes per tensor that do not
-  // depend on the step.
+  // Per thread, set by begin(): the step-independent scalars (math::moment_consts, as
+  // csrc/cpu/adam.cpp computes them; lr and the clip factor are read from device memory).
   double lr;
-  float grad_factor, l2_weight_decay, decay, one_minus_beta1, one_minus_beta2;
-  bool lerp_low;
+  math::MomentConsts c;
   // Per-tensor scalars, cached by the step value they were computed for (all tensors of an
   // optimizer usually share it, so pow runs about once per thread).
   bool cached;
-  float cached_step, step_size, bc2_sqrt;
+  float cached_step;
+  math::AdamStepScalars s;
 
   __device__ bool begin() {
     if (a.step_values[kSkipIdx] != 0.f) return false;  // NOTE: [Skipped step]
     lr = a.lr_ptr != nullptr ? static_cast<double>(*a.lr_ptr) : static_cast<double>(a.lr);
-    grad_factor = a.step_values[kGradFactorIdx] * (a.maximize ? -1.f : 1.f);
-    l2_weight_decay = a.decoupled_weight_decay ? 0.f : a.weight_decay;
-    decay = a.decoupled_weight_decay ? static_cast<float>(1.0 - lr * a.weight_decay) : 1.f;
-    one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(a.beta1));
-    one_minus_beta2 = static_cast<float>(1.0 - static_cast<double>(a.beta2));
-    lerp_low = (1.0 - static_cast<double>(a.beta1)) < 0.5;
+    c = math::moment_consts(lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled_weight_decay,
+                            a.maximize, a.step_values[kGradFactorIdx]);
     cached = false;
     return true;
   }
 
-  // t = step + 1; bc1 = 1 - b1^t, bc2 = 1 - b2^t in double.
   __device__ void set_step(float step_value) {
     if (cached && __float_as_uint(step_value) == __float_as_uint(cached_step)) return;
-    const double step = static_cast<double>(step_value) + 1.0;
-    const double bc1 = 1.0 - pow(static_cast<double>(a.beta1), step);
-    const double bc2 = 1.0 - pow(static_cast<double>(a.beta2), step);
-    if (a.playbook_variant) {
-      step_size = static_cast<float>(lr * sqrt(bc2) / bc1);
-      bc2_sqrt = 1.f;
-    } else {
-      step_size = static_cast<float>(lr / bc1);
-      bc2_sqrt = static_cast<float>(sqrt(bc2));
-    }
+    s = math::adam_step_scalars(lr, a.beta1, a.beta2, step_value, a.playbook_variant);
     cached_step = step_value;
     cached = true;
   }
@@ -91,9 +79,6 @@ struct AdamFunctor {
                    is_vector_aligned<float>(m) && is_vector_aligned<float>(v);
     if constexpr (kAmsgrad) aligned = aligned && is_vector_aligned<float>(vmax);
 
-    const float wd = l2_weight_decay, b1 = a.beta1, b2 = a.beta2, eps = a.eps;
-    const float omb1 = one_minus_beta1, omb2 = one_minus_beta2;
-    const bool l2 = wd != 0.f;
     for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n;
          i += static_cast<int64_t>(kBlockSize) * kILP) {
       opmath_t rp[kILP], rg[kILP], rm[kILP], rv[kILP], rvmax[kILP];
@@ -104,22 +89,8 @@ struct AdamFunctor {
       if constexpr (kAmsgrad) load_ilp(rvmax, vmax, i, n, aligned);
 #pragma unroll
       for (int j = 0; j < kILP; ++j) {
-        opmath_t param = rp[j];
-        opmath_t grad = rg[j] * grad_factor;
-        if (l2) grad = grad + wd * param;
-        param = param * decay;
-        const opmath_t exp_avg = lerp(rm[j], grad, omb1, b1, lerp_low);
-        const opmath_t exp_avg_sq = rv[j] * b2 + omb2 * grad * grad;
-        rm[j] = exp_avg;
-        rv[j] = exp_avg_sq;
-        opmath_t second = exp_avg_sq;
-        if constexpr (kAmsgrad) {
-          second = rvmax[j] > exp_avg_sq ? rvmax[j] : exp_avg_sq;
-          rvmax[j] = second;
-        }
-        const opmath_t denom = sqrtf(second) / bc2_sqrt + eps;
-        param = param + (-step_size) * exp_avg / denom;
-        rp[j] = param;
+        // The element math: playbook/math/adam.h, shared with the CPU kernels.
+        math::adam_element<kAmsgrad>(rp[j], rg[j], rm[j], rv[j], rvmax[j], c, s);
       }
       store_ilp(p, i, n, aligned, rp);
       store_ilp(m, i, n, aligned, rm);

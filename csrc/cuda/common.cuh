@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_guard_plan.h"
+#include "cuda/launch.cuh"
 #include "playbook/check.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
@@ -44,6 +46,9 @@ static_assert(kBlockSize % kWarpSize == 0 && kBlockSize / kWarpSize <= kWarpSize
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* expr, const char* file,
                                           int line) {
+  // Any failed runtime call also becomes the runtime's last error; reset it (non-sticky errors)
+  // so that the next launch check of a later call does not report this error as its own.
+  cudaGetLastError();
   std::ostringstream os;
   os << "CUDA error " << cudaGetErrorName(err) << " (" << static_cast<int>(err)
      << "): " << cudaGetErrorString(err) << " in '" << expr << "' [" << file << ":" << line << "]";
@@ -69,26 +74,67 @@ namespace playbook {
 namespace cuda {
 namespace detail {
 
-// Makes `device` current for the scope and restores the previous device afterwards.
+// Driver entry points (CUresult f(CUcontext*) / f(CUcontext)) through cudart, so that nothing links
+// libcuda; null when the driver does not offer them.
+using CtxGetCurrentFn = int (*)(void**);
+using CtxSetCurrentFn = int (*)(void*);
+
+inline void* driver_entry_point(const char* symbol) {
+#if !defined(__NVCC__)
+  (void)symbol;  // host-compiled builds of these sources (the launch emulator): no driver
+  return nullptr;
+#else
+  void* fn = nullptr;
+#if CUDART_VERSION >= 12000
+  cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+  const cudaError_t err = cudaGetDriverEntryPointByVersion(symbol, &fn, 12000, cudaEnableDefault, &status);
+#else
+  const cudaError_t err = cudaGetDriverEntryPoint(symbol, &fn, cudaEnableDefault, &status);
+#endif
+  const bool found = err == cudaSuccess && status == cudaDriverEntryPointSuccess && fn != nullptr;
+#else
+  const cudaError_t err = cudaGetDriverEntryPoint(symbol, &fn, cudaEnableDefault);
+  const bool found = err == cudaSuccess && fn != nullptr;
+#endif
+  if (!found) {
+    cudaGetLastError();  // not the caller's error
+    return nullptr;
+  }
+  return fn;
+#endif
+}
+
+// Makes `device` current for the scope and restores the thread's previous state afterwards,
+// without creating a context on any other device (NOTE: [Device guard without stray contexts] in
+// cuda/device_guard_plan.h).
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     PLAYBOOK_CHECK(device >= 0, "expected a CUDA device ordinal >= 0, got device=", device);
     PLAYBOOK_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) {
-      PLAYBOOK_CUDA_CHECK(cudaSetDevice(device));
-      changed_ = true;
-    }
+    static const CtxGetCurrentFn get_current =
+        reinterpret_cast<CtxGetCurrentFn>(driver_entry_point("cuCtxGetCurrent"));
+    void* ctx = nullptr;
+    const bool known = get_current != nullptr && get_current(&ctx) == 0;
+    plan_ = plan_device_guard(previous_, known, ctx != nullptr, device);
+    if (plan_.set_device) PLAYBOOK_CUDA_CHECK(cudaSetDevice(device));
   }
-  ~DeviceGuard() {
-    if (changed_) cudaSetDevice(previous_);  // no throw from a destructor
+  ~DeviceGuard() {  // no throw from a destructor
+    if (plan_.restore == GuardRestore::kPreviousDevice) {
+      cudaSetDevice(previous_);
+    } else if (plan_.restore == GuardRestore::kNoContext) {
+      static const CtxSetCurrentFn set_current =
+          reinterpret_cast<CtxSetCurrentFn>(driver_entry_point("cuCtxSetCurrent"));
+      if (set_current != nullptr) set_current(nullptr);
+    }
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
-  bool changed_ = false;
+  DeviceGuardPlan plan_{false, GuardRestore::kNothing};
 };
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
@@ -134,15 +180,45 @@ inline std::vector<std::vector<size_t>> group_by_dtype(const std::vector<TensorD
 }
 constexpr DType kGroupDTypes[3] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
+// NOTE: [All-or-nothing launches]
+// A step launches one kernel family per storage dtype, then advances the steps. If the launch of
+// the second family failed (no kernel image for this device, too many registers for the block
+// size, a driver that cannot run the build), the first family's params would be updated with
+// their steps not advanced. So when a call has more than one dtype group, for_each_dtype_group
+// first runs every group in preflight mode: multi_tensor_apply then only checks that its kernel
+// (and the step-advance kernels) can be launched on the current device (cudaFuncGetAttributes:
+// image present, maxThreadsPerBlock >= the block size; cached per kernel and device) and launches
+// nothing. A failure there throws before anything is written. With one group, the first launch
+// is the first write, so no preflight is needed. What no preflight can catch: an asynchronous
+// fault of an earlier kernel reported at a later launch -- the CUDA context is then unusable and
+// the process must restart.
+inline bool& launch_preflight() {
+  thread_local bool on = false;
+  return on;
+}
+
 // Calls f(TypeTag<T>{}, indices) once per storage dtype present in `tensors` (one launch family
-// per dtype), with the indices of the tensors of that dtype in list order.
+// per dtype), with the indices of the tensors of that dtype in list order; with several dtypes,
+// after a preflight pass (NOTE: [All-or-nothing launches]).
 template <typename F>
 void for_each_dtype_group(const std::vector<TensorDesc>& tensors, F&& f) {
   const std::vector<std::vector<size_t>> groups = group_by_dtype(tensors);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    if (groups[gi].empty()) continue;
-    dispatch_dtype(kGroupDTypes[gi], [&](auto tag) { f(tag, groups[gi]); });
+  int present = 0;
+  for (const std::vector<size_t>& g : groups) present += g.empty() ? 0 : 1;
+  auto run_all = [&]() {
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      if (groups[gi].empty()) continue;
+      dispatch_dtype(kGroupDTypes[gi], [&](auto tag) { f(tag, groups[gi]); });
+    }
+  };
+  if (present > 1) {
+    struct Preflight {
+      Preflight() { launch_preflight() = true; }
+      ~Preflight() { launch_preflight() = false; }
+    } preflight;
+    run_all();
   }
+  run_all();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,23 +281,6 @@ __device__ __forceinline__ void store_ilp(T* x, int64_t i, int64_t n, bool align
       if (i + j < n) x[i + j] = from_opmath<T>(in[j]);
     }
   }
-}
-
-// torch.lerp(start, end, w): start + w*(end-start) if |w| < 0.5 else end - (end-start)*(1-w)
-// (same expression as csrc/cpu/kernels/kernel_utils.h).
-__device__ __forceinline__ opmath_t lerp(opmath_t start, opmath_t end, opmath_t w,
-                                         opmath_t one_minus_w, bool low) {
-  return low ? start + w * (end - start) : end - (end - start) * one_minus_w;
-}
-
-// NAdam's momentum schedule, shared by the update kernel and the step advance so both round the
-// new mu_product identically: mu_t = b1 (1 - 0.5 * 0.96^(t md)).
-__device__ __forceinline__ double nadam_mu(double beta1, double t, double momentum_decay) {
-  return beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
-}
-// torch keeps mu_product in a float32 tensor: the product is rounded to fp32.
-__device__ __forceinline__ float nadam_next_mu_product(float mu_product, double mu) {
-  return static_cast<float>(static_cast<double>(mu_product) * mu);
 }
 
 }  // namespace detail

@@ -27,10 +27,16 @@
 #include <array>
 #include <climits>
 #include <cstdint>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cuda/common.cuh"
+#include "playbook/math/nadam.h"
 
 namespace playbook {
 namespace cuda {
@@ -93,9 +99,53 @@ __global__ void __launch_bounds__(kBlockSize)
   }
 }
 
+// Throws std::runtime_error unless `kernel` can be launched with `block_size` threads on the
+// current device (NOTE: [All-or-nothing launches] in cuda/common.cuh). Verdicts that pass are
+// cached per (kernel, device). Host-compiled builds of these sources (the launch emulator) have
+// no kernel images to query and skip the query.
+inline void check_launchable(const void* kernel, int block_size, const char* name) {
+#if defined(__NVCC__)
+  int device = 0;
+  PLAYBOOK_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> verified;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (verified.count({kernel, device}) != 0) return;
+  }
+  cudaFuncAttributes attr{};
+  const cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // reported here, not by the next launch check
+    std::ostringstream os;
+    os << "CUDA kernel " << name << " cannot run on device " << device << ": " << cudaGetErrorName(err)
+       << " (" << static_cast<int>(err) << "): " << cudaGetErrorString(err)
+       << "; nothing was modified (playbook.cuda_status() tells which builds and drivers serve this device)";
+    throw std::runtime_error(os.str());
+  }
+  if (attr.maxThreadsPerBlock < block_size) {
+    std::ostringstream os;
+    os << "CUDA kernel " << name << " can run at most " << attr.maxThreadsPerBlock
+       << " threads per block on device " << device << " (" << attr.numRegs
+       << " registers per thread) but is launched with " << block_size << "; nothing was modified";
+    throw std::runtime_error(os.str());
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  verified.insert({kernel, device});
+#else
+  (void)kernel;
+  (void)block_size;
+  (void)name;
+#endif
+}
+
+// The step-advance kernels' check (defined below, after them).
+inline void check_step_advance_launchable();
+
 // Launches `functor` over the tensors described by ptrs[i] (kDepth pointers each: lists in the
 // order the functor expects) and numels[i], as many tensors per launch as the table holds.
-// The current device must already be the tensors' device (DeviceGuard).
+// The current device must already be the tensors' device (DeviceGuard). In preflight mode
+// (NOTE: [All-or-nothing launches]) it only checks that the kernels can be launched.
 template <int kDepth, typename Functor>
 void multi_tensor_apply(const std::vector<std::array<void*, kDepth>>& ptrs,
                         const std::vector<int64_t>& numels, const Functor& functor, int sms,
@@ -112,13 +162,20 @@ void multi_tensor_apply(const std::vector<std::array<void*, kDepth>>& ptrs,
                 "functors are kernel arguments and must be trivially copyable");
   PLAYBOOK_CHECK(ptrs.size() == numels.size(), "multi_tensor_apply: ", ptrs.size(),
                  " pointer rows for ", numels.size(), " tensors");
+  if (launch_preflight()) {
+    check_launchable(reinterpret_cast<const void*>(&multi_tensor_apply_kernel<kDepth, Functor>),
+                     kBlockSize, "multi_tensor_apply_kernel");
+    check_step_advance_launchable();
+    return;
+  }
 
   Meta meta{};  // zeroed: unused slots are copied too
   const int max_grid = sms * kBlocksPerSM;
   auto launch = [&]() {
     const int chunks = meta.chunk_start[meta.num_tensors];
     const int grid = chunks < max_grid ? chunks : max_grid;
-    multi_tensor_apply_kernel<kDepth, Functor><<<grid, kBlockSize, 0, stream>>>(meta, functor);
+    PLAYBOOK_LAUNCH((multi_tensor_apply_kernel<kDepth, Functor>), grid, kBlockSize, 0, stream)(
+        meta, functor);
     PLAYBOOK_CUDA_CHECK(cudaGetLastError());
     meta.num_tensors = 0;
     meta.chunk_start[0] = 0;
@@ -179,9 +236,17 @@ __global__ void __launch_bounds__(kStepAdvanceThreads)
   if (kNAdam) {
     const double t = static_cast<double>(old_step) + 1.0;
     float* const mu_product = table.mu_products[i];
-    *mu_product = nadam_next_mu_product(*mu_product, nadam_mu(args.beta1, t, args.momentum_decay));
+    *mu_product = math::nadam_next_mu_product(*mu_product,
+                                              math::nadam_mu(args.beta1, t, args.momentum_decay));
   }
   *step = old_step + 1.f;
+}
+
+inline void check_step_advance_launchable() {
+  check_launchable(reinterpret_cast<const void*>(&advance_steps_kernel<true>), kStepAdvanceThreads,
+                   "advance_steps_kernel<NAdam>");
+  check_launchable(reinterpret_cast<const void*>(&advance_steps_kernel<false>), kStepAdvanceThreads,
+                   "advance_steps_kernel");
 }
 
 // mu_products: null for Adam/SGD, else one pointer per step.
@@ -191,9 +256,9 @@ inline void advance_steps(const std::vector<float*>& steps, const std::vector<fl
   auto launch = [&]() {
     const int blocks = (table.num_tensors + kStepAdvanceThreads - 1) / kStepAdvanceThreads;
     if (mu_products != nullptr) {
-      advance_steps_kernel<true><<<blocks, kStepAdvanceThreads, 0, stream>>>(table, args);
+      PLAYBOOK_LAUNCH(advance_steps_kernel<true>, blocks, kStepAdvanceThreads, 0, stream)(table, args);
     } else {
-      advance_steps_kernel<false><<<blocks, kStepAdvanceThreads, 0, stream>>>(table, args);
+      PLAYBOOK_LAUNCH(advance_steps_kernel<false>, blocks, kStepAdvanceThreads, 0, stream)(table, args);
     }
     PLAYBOOK_CUDA_CHECK(cudaGetLastError());
     table.num_tensors = 0;

@@ -8,6 +8,7 @@
 #include "cuda/common.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "playbook/check.h"
+#include "playbook/math/nadam.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -30,7 +31,8 @@ enum NAdamListIdx : int {
 struct NAdamArgs {
   const float* step_values;  // NOTE: [Step state]
   const float* lr_ptr;       // nullable: lr
-  float lr, beta1, beta2, eps, weight_decay, momentum_decay;
+  double beta1, beta2;       // as the user gave them (1 - beta in double: playbook/math/adam.h)
+  float lr, eps, weight_decay, momentum_decay;
   bool decoupled_weight_decay, maximize, playbook_variant;
 };
 
@@ -38,24 +40,19 @@ template <typename T>
 struct NAdamFunctor {
   NAdamArgs a;
 
-  // Per thread, set by begin(): the step-independent scalars of csrc/cpu/nadam.cpp.
+  // Per thread, set by begin(): the step-independent scalars (math::moment_consts).
   double lr;
-  float grad_factor, l2_weight_decay, decay, one_minus_beta1, one_minus_beta2;
-  bool lerp_low;
+  math::MomentConsts c;
   // Per-tensor scalars, cached by the (step, mu_product) they were computed for.
   bool cached;
   float cached_step, cached_mu_product;
-  float bc2, coef_grad, coef_avg, step_size;
+  math::NAdamStepScalars s;
 
   __device__ bool begin() {
     if (a.step_values[kSkipIdx] != 0.f) return false;  // NOTE: [Skipped step]
     lr = a.lr_ptr != nullptr ? static_cast<double>(*a.lr_ptr) : static_cast<double>(a.lr);
-    grad_factor = a.step_values[kGradFactorIdx] * (a.maximize ? -1.f : 1.f);
-    l2_weight_decay = a.decoupled_weight_decay ? 0.f : a.weight_decay;
-    decay = a.decoupled_weight_decay ? static_cast<float>(1.0 - lr * a.weight_decay) : 1.f;
-    one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(a.beta1));
-    one_minus_beta2 = static_cast<float>(1.0 - static_cast<double>(a.beta2));
-    lerp_low = (1.0 - static_cast<double>(a.beta1)) < 0.5;
+    c = math::moment_consts(lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled_weight_decay,
+                            a.maximize, a.step_values[kGradFactorIdx]);
     cached = false;
     return true;
   }
@@ -67,17 +64,8 @@ struct NAdamFunctor {
         __float_as_uint(mu_product_value) == __float_as_uint(cached_mu_product)) {
       return;
     }
-    const double b1 = a.beta1, b2 = a.beta2, md = a.momentum_decay;
-    const double step = static_cast<double>(step_value) + 1.0;
-    const double bc1 = 1.0 - pow(b1, step);
-    const double bc2_d = 1.0 - pow(b2, step);
-    const double mu = nadam_mu(b1, step, md);
-    const double mu_next = nadam_mu(b1, step + 1.0, md);
-    const double mu_product = static_cast<double>(nadam_next_mu_product(mu_product_value, mu));
-    bc2 = static_cast<float>(bc2_d);
-    coef_grad = static_cast<float>(lr * (1.0 - mu) / (1.0 - mu_product));
-    coef_avg = static_cast<float>(lr * mu_next / (1.0 - mu_product * mu_next));
-    step_size = static_cast<float>(lr * sqrt(bc2_d) / bc1);
+    s = math::nadam_step_scalars(lr, a.beta1, a.beta2, a.momentum_decay, step_value,
+                                 mu_product_value);
     cached_step = step_value;
     cached_mu_product = mu_product_value;
     cached = true;
@@ -93,10 +81,7 @@ struct NAdamFunctor {
     const int64_t n = chunk_numel(meta.numel[tensor], chunk);
     const bool aligned = is_vector_aligned<T>(p) && is_vector_aligned<T>(g) &&
                          is_vector_aligned<float>(m) && is_vector_aligned<float>(v);
-
-    const float wd = l2_weight_decay, b1 = a.beta1, b2 = a.beta2, eps = a.eps;
-    const float omb1 = one_minus_beta1, omb2 = one_minus_beta2;
-    const bool l2 = wd != 0.f, playbook_variant = a.playbook_variant;
+    const bool playbook_variant = a.playbook_variant;
     for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n;
          i += static_cast<int64_t>(kBlockSize) * kILP) {
       opmath_t rp[kILP], rg[kILP], rm[kILP], rv[kILP];
@@ -106,23 +91,12 @@ struct NAdamFunctor {
       load_ilp(rv, v, i, n, aligned);
 #pragma unroll
       for (int j = 0; j < kILP; ++j) {
-        opmath_t param = rp[j];
-        opmath_t grad = rg[j] * grad_factor;
-        if (l2) grad = grad + wd * param;
-        param = param * decay;
-        const opmath_t exp_avg = lerp(rm[j], grad, omb1, b1, lerp_low);
-        const opmath_t exp_avg_sq = rv[j] * b2 + omb2 * grad * grad;
-        rm[j] = exp_avg;
-        rv[j] = exp_avg_sq;
+        // The element math: playbook/math/nadam.h, shared with the CPU kernels.
         if (playbook_variant) {
-          const opmath_t denom = sqrtf(exp_avg_sq) + eps;
-          param = param + (-step_size) * (b1 * exp_avg + omb1 * grad) / denom;
+          math::nadam_element<true>(rp[j], rg[j], rm[j], rv[j], c, s);
         } else {
-          const opmath_t denom = sqrtf(exp_avg_sq / bc2) + eps;
-          param = param + (-coef_grad) * grad / denom;
-          param = param + (-coef_avg) * exp_avg / denom;
+          math::nadam_element<false>(rp[j], rg[j], rm[j], rv[j], c, s);
         }
-        rp[j] = param;
       }
       store_ilp(p, i, n, aligned, rp);
       store_ilp(m, i, n, aligned, rm);
@@ -193,8 +167,7 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   // After every update launch has read steps[i] and mu_products[i] (same stream): advance both
   // unless skipped; mu_products advance in both variants, as on the CPU.
   advance_steps(t.steps, &t.mu_products,
-                StepAdvanceArgs{step_values, static_cast<double>(h.beta1),
-                                static_cast<double>(h.momentum_decay)},
+                StepAdvanceArgs{step_values, h.beta1, static_cast<double>(h.momentum_decay)},
                 s);
 }
 

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 void launch_segment_sum(const SegmentTable& table, cudaStream_t stream) {
-  segment_sum_kernel<<<table.num_segments, kReduceThreads, 0, stream>>>(table);
+  PLAYBOOK_LAUNCH(segment_sum_kernel, table.num_segments, kReduceThreads, 0, stream)(table);
   PLAYBOOK_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -151,11 +151,12 @@ struct FinalizeArgs {
 __global__ void __launch_bounds__(1) finalize_grad_norm_kernel(const FinalizeArgs a) {
   const double scale = a.grad_scale != nullptr ? static_cast<double>(*a.grad_scale) : 1.0;
   const float norm = static_cast<float>(sqrt(*a.total_sumsq) / scale);
+  // Same statements as NOTE: [GradScaler semantics] in csrc/cpu/norm.cpp.
   const bool nonfinite = !isfinite(norm);
   const bool found = a.found_inf != nullptr && *a.found_inf != 0.f;
-  const bool skip = (a.skip_nonfinite && nonfinite) || found;
-  if (a.found_inf != nullptr && nonfinite) *a.found_inf = 1.f;
-  const bool clipping = a.max_norm > 0.f && isfinite(a.max_norm) && norm > a.max_norm;
+  const bool skip = found || (a.skip_nonfinite && nonfinite);
+  if (a.found_inf != nullptr && skip) *a.found_inf = 1.f;
+  const bool clipping = !nonfinite && a.max_norm > 0.f && isfinite(a.max_norm) && norm > a.max_norm;
   const float clip = clipping ? a.max_norm / norm : 1.f;
   a.values[kNormIdx] = norm;
   a.values[kGradFactorIdx] = static_cast<float>(static_cast<double>(clip) / scale);
@@ -276,7 +277,7 @@ void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const S
   a.history_size = state.history_size;
   a.max_norm = args.max_norm;
   a.skip_nonfinite = args.skip_nonfinite;
-  finalize_grad_norm_kernel<<<1, 1, 0, as_stream(stream)>>>(a);
+  PLAYBOOK_LAUNCH(finalize_grad_norm_kernel, 1, 1, 0, as_stream(stream))(a);
   PLAYBOOK_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -7,6 +7,7 @@
 #include "cuda/common.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "playbook/check.h"
+#include "playbook/math/sgd.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -35,14 +36,14 @@ struct SGDFunctor {
   static constexpr int kDepth = kMomentum ? 4 : 2;
   SGDArgs a;
 
-  // Per thread, set by begin().
-  float lr, grad_factor, one_minus_dampening;
+  // Per thread, set by begin() (math::sgd_consts, as csrc/cpu/sgd.cpp computes them).
+  math::SGDConsts c;
 
   __device__ bool begin() {
     if (a.step_values[kSkipIdx] != 0.f) return false;  // NOTE: [Skipped step]
-    lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
-    grad_factor = a.step_values[kGradFactorIdx] * (a.maximize ? -1.f : 1.f);
-    one_minus_dampening = static_cast<float>(1.0 - static_cast<double>(a.dampening));
+    const float lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
+    c = math::sgd_consts(lr, a.momentum, a.dampening, a.weight_decay, a.nesterov, a.maximize,
+                         a.step_values[kGradFactorIdx]);
     return true;
   }
 
@@ -59,8 +60,6 @@ struct SGDFunctor {
     bool aligned = is_vector_aligned<T>(p) && is_vector_aligned<T>(g);
     if constexpr (kMomentum) aligned = aligned && is_vector_aligned<float>(buf);
 
-    const float wd = a.weight_decay, mu = a.momentum, omd = one_minus_dampening;
-    const bool l2 = wd != 0.f, nesterov = a.nesterov;
     for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n;
          i += static_cast<int64_t>(kBlockSize) * kILP) {
       opmath_t rp[kILP], rg[kILP], rb[kILP];
@@ -76,16 +75,8 @@ struct SGDFunctor {
       }
 #pragma unroll
       for (int j = 0; j < kILP; ++j) {
-        opmath_t param = rp[j];
-        opmath_t grad = rg[j] * grad_factor;
-        if (l2) grad = grad + wd * param;
-        if constexpr (kMomentum) {
-          const opmath_t b = first ? grad : rb[j] * mu + omd * grad;
-          rb[j] = b;
-          grad = nesterov ? grad + mu * b : b;
-        }
-        param = param + (-lr) * grad;
-        rp[j] = param;
+        // The element math: playbook/math/sgd.h, shared with the CPU kernels.
+        math::sgd_element<kMomentum>(rp[j], rg[j], rb[j], first, c);
       }
       store_ilp(p, i, n, aligned, rp);
       if constexpr (kMomentum) store_ilp(buf, i, n, aligned, rb);

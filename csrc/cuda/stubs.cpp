@@ -1,6 +1,7 @@
 // Built instead of the .cu files when CUDA is not compiled in (PLAYBOOK_CUDA=OFF or no nvcc):
 // every CUDA entry point raises a clear error; cuda::compiled() is false.
 #include "playbook/check.h"
+#include "playbook/cuda_status.h"
 #include "playbook/optim.h"
 
 namespace playbook {
@@ -14,6 +15,12 @@ namespace {
 
 bool compiled() { return false; }
 const char* archs() { return ""; }
+const char* toolkit_version() { return ""; }
+RuntimeStatus runtime_status() {
+  RuntimeStatus s;
+  s.error = "playbook was built without CUDA kernels";
+  return s;
+}
 int64_t sumsq_scratch_bytes(const std::vector<TensorDesc>&) { not_compiled("sumsq_scratch_bytes"); }
 void sumsq(const std::vector<TensorDesc>&, double*, double*, void*, int64_t, int, void*) { not_compiled("sumsq"); }
 void finalize_grad_norm(const double*, const ClipArgs&, const StepState&, int, void*) { not_compiled("finalize_grad_norm"); }

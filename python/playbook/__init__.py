@@ -24,7 +24,8 @@ def build_info() -> dict[str, Any]:
 
     Returns:
         A dict with ``version``, ``cuda`` (bool: CUDA kernels compiled in), ``cuda_archs``
-        (list of CMake arch entries such as ``"90-real"``), ``simd`` (the CPU kernel level chosen
+        (list of CMake arch entries such as ``"90-real"``), ``cuda_toolkit`` (version of the CUDA
+        toolkit the kernels were built with, e.g. ``"13.0.88"``, or None), ``simd`` (the CPU kernel level chosen
         at run time: ``"avx512"``, ``"avx2"`` or ``"portable"``) and ``simd_levels`` (the levels
         compiled into this build).
 
@@ -40,9 +41,39 @@ def build_info() -> dict[str, Any]:
         "version": _C.version(),
         "cuda": bool(_C.cuda_compiled()),
         "cuda_archs": [a for a in archs.split(";") if a],
+        "cuda_toolkit": _C.cuda_toolkit_version() or None,
         "simd": _C.simd_level(),
         "simd_levels": list(_C.simd_levels()),
     }
+
+
+def cuda_status() -> dict[str, Any]:
+    """Whether this build's CUDA kernels can run on this machine, per visible device, and why not.
+
+    Works on any machine, with or without a GPU or an NVIDIA driver; creates no CUDA context.
+    The decision is NVIDIA's compatibility rules applied to the toolkit the kernels were built
+    with, the driver's CUDA version, the build's arch list and each device's compute capability
+    (NOTE: [CUDA kernel support] in ``playbook/_cuda.py``). A CUDA step on a device marked
+    ``kernels_run=False`` raises a RuntimeError with the same reason before it modifies anything.
+
+    Returns:
+        A dict with ``compiled``, ``toolkit`` (e.g. ``"13.0.88"``), ``archs``, ``runtime`` (the
+        linked cudart's CUDA version), ``driver`` (the CUDA version the driver supports, None
+        without a driver), ``driver_release`` (e.g. ``"550.54.15"``, from NVML), ``min_driver`` (the oldest driver branch the toolkit runs on),
+        ``device_query_error``, ``devices_from`` (``"playbook's runtime"`` or ``"torch"``),
+        ``devices`` (per device: ``index``, ``capability``, ``kernels_run`` (True/False/None),
+        ``how`` and ``reason``), ``torch_cuda`` (``torch.version.cuda``), ``note`` (non-empty
+        when torch and the kernels were built for different CUDA majors, i.e. need different
+        drivers) and a one-line ``summary``.
+
+    Example:
+        >>> import playbook
+        >>> playbook.cuda_status()["summary"]  # on a machine without an NVIDIA driver
+        'no NVIDIA driver on this machine: the CUDA kernels cannot run here'
+    """
+    from playbook._cuda import cuda_status as _status
+
+    return _status()
 
 
 def __getattr__(name: str) -> Any:

@@ -16,36 +16,31 @@ namespace PLAYBOOK_CPU_ISA {
 
 namespace {
 
+// The element math is math::adam_element (playbook/math/adam.h), shared with the CUDA functor.
+template <bool kAmsgrad>
 void adam_f32(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
-              float* __restrict vmax, int64_t n, const AdamScalars& s) {
-  const float factor = s.grad_factor, wd = s.weight_decay, decay = s.decay;
-  const float b1 = s.beta1, omb1 = s.one_minus_beta1, b2 = s.beta2, omb2 = s.one_minus_beta2;
-  const float eps = s.eps, step_size = s.step_size, bc2_sqrt = s.bc2_sqrt;
-  const bool low = s.lerp_low, l2 = wd != 0.f, amsgrad = s.amsgrad;
+              float* __restrict vmax, int64_t n, const AdamScalars& in) {
+  const math::MomentConsts c = in.c;  // local copies: loop invariants the vectorizer can hoist
+  const math::AdamStepScalars s = in.s;
   for (int64_t i = 0; i < n; ++i) {
-    float param = p[i];
-    float grad = g[i] * factor;
-    if (l2) grad = grad + wd * param;
-    param = param * decay;
-    const float exp_avg = lerp(m[i], grad, omb1, b1, low);
-    const float exp_avg_sq = v[i] * b2 + omb2 * grad * grad;
+    float param = p[i], exp_avg = m[i], exp_avg_sq = v[i];
+    float max_sq = kAmsgrad ? vmax[i] : 0.f;
+    math::adam_element<kAmsgrad>(param, g[i], exp_avg, exp_avg_sq, max_sq, c, s);
+    p[i] = param;
     m[i] = exp_avg;
     v[i] = exp_avg_sq;
-    float second = exp_avg_sq;
-    if (amsgrad) {
-      second = vmax[i] > exp_avg_sq ? vmax[i] : exp_avg_sq;
-      vmax[i] = second;
-    }
-    const float denom = __builtin_sqrtf(second) / bc2_sqrt + eps;
-    param = param + (-step_size) * exp_avg / denom;
-    p[i] = param;
+    if (kAmsgrad) vmax[i] = max_sq;
   }
 }
 
 template <typename T>
 void adam_impl(T* p, const T* g, float* m, float* v, float* vmax, int64_t n, const AdamScalars& s) {
   for_blocks(p, g, n, [&](float* pb, const float* gb, int64_t off, int64_t len) {
-    adam_f32(pb, gb, m + off, v + off, vmax != nullptr ? vmax + off : nullptr, len, s);
+    if (s.amsgrad) {
+      adam_f32<true>(pb, gb, m + off, v + off, vmax + off, len, s);
+    } else {
+      adam_f32<false>(pb, gb, m + off, v + off, nullptr, len, s);
+    }
   });
 }
 

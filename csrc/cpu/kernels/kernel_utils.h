@@ -37,11 +37,6 @@ struct StoreAs<_Float16> {
   static inline _Float16 from(float f) { return static_cast<_Float16>(f); }
 };
 
-// torch.lerp(start, end, w): start + w*(end-start) if |w| < 0.5 else end - (end-start)*(1-w).
-static inline float lerp(float start, float end, float w, float one_minus_w, bool low) {
-  return low ? start + w * (end - start) : end - (end - start) * one_minus_w;
-}
-
 // NOTE: [16-bit blocks]
 // 16-bit params and grads are widened into fp32 blocks on the stack, the fp32 kernel body runs on
 // the blocks, and the params are rounded back: every loop then works on float arrays, which the

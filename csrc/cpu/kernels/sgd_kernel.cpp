@@ -16,29 +16,29 @@ namespace PLAYBOOK_CPU_ISA {
 
 namespace {
 
+// The element math is math::sgd_element (playbook/math/sgd.h), shared with the CUDA functor.
+template <bool kMomentum>
 void sgd_f32(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n,
-             const SGDScalars& s) {
-  const float factor = s.grad_factor, wd = s.weight_decay, lr = s.lr, mu = s.momentum;
-  const float omd = s.one_minus_dampening;
-  const bool l2 = wd != 0.f, first = s.first, nesterov = s.nesterov, has_momentum = s.has_momentum;
+             const SGDScalars& in) {
+  const math::SGDConsts c = in.c;  // local copy: loop invariants the vectorizer can hoist
+  const bool first = in.first;
   for (int64_t i = 0; i < n; ++i) {
     float param = p[i];
-    float grad = g[i] * factor;
-    if (l2) grad = grad + wd * param;
-    if (has_momentum) {
-      const float b = first ? grad : buf[i] * mu + omd * grad;
-      buf[i] = b;
-      grad = nesterov ? grad + mu * b : b;
-    }
-    param = param + (-lr) * grad;
+    float b = kMomentum ? buf[i] : 0.f;
+    math::sgd_element<kMomentum>(param, g[i], b, first, c);
     p[i] = param;
+    if (kMomentum) buf[i] = b;
   }
 }
 
 template <typename T>
 void sgd_impl(T* p, const T* g, float* buf, int64_t n, const SGDScalars& s) {
   for_blocks(p, g, n, [&](float* pb, const float* gb, int64_t off, int64_t len) {
-    sgd_f32(pb, gb, buf != nullptr ? buf + off : nullptr, len, s);
+    if (s.has_momentum) {
+      sgd_f32<true>(pb, gb, buf + off, len, s);
+    } else {
+      sgd_f32<false>(pb, gb, nullptr, len, s);
+    }
   });
 }
 

@@ -10,19 +10,21 @@
 //                              written into StepState (see NOTE: [Step state]).
 //   3. <family>_step(...)      the update; every element reads StepState::values to get the factor
 //                              applied to its raw gradient and whether the step is skipped.
-// With several devices, step 1 runs per device, the Python layer adds the totals on the first
-// device (device-to-device copies, no host sync), step 2 runs there and its `values` are copied
+// With several devices, step 1 runs per device, the Python layer adds the totals on the primary
+// device (a CUDA device when there is one; copies towards it, no host read of a device total:
+// NOTE: [Primary device] in python/playbook/optim/_base.py), step 2 runs there and its `values` are copied
 // to the other devices before step 3.
 //
 // NOTE: [Step state]
 // values   (float32, kNumStepValues): what the update kernels read.
 //   [kNormIdx]        unclipped global L2 norm of the unscaled gradients of this step
 //   [kGradFactorIdx]  factor applied to every raw gradient element: clip_coef / grad_scale,
-//                     clip_coef = max_norm / norm if norm > max_norm (and max_norm > 0), else 1
+//                     clip_coef = max_norm / norm if norm > max_norm (norm finite, max_norm > 0),
+//                     else 1
 //   [kSkipIdx]        1 if this step is skipped (non-finite norm with skip_nonfinite, or the
 //                     GradScaler found_inf flag set), else 0
 // counters (int64, kNumCounters): [kStepsSeenIdx] steps whose norm was recorded,
-//   [kSkippedIdx] steps skipped, [kClippedIdx] steps clipped (norm > max_norm, not skipped)
+//   [kSkippedIdx] steps skipped, [kClippedIdx] steps clipped (finite norm > max_norm, not skipped)
 // history  (float32, history_size): ring buffer; the norm of step k (0-based, counting every
 //   step seen) is at history[k % history_size].
 //
@@ -53,7 +55,8 @@ struct ClipArgs {
   bool skip_nonfinite = true;        // non-finite norm => skip the step
   const float* grad_scale = nullptr; // GradScaler scale the grads carry (nullable: 1)
   float* found_inf = nullptr;        // GradScaler flag (nullable): read (non-zero => skip) and set
-                                     // to 1 when the norm is non-finite
+                                     // to 1 when the step is skipped (NOTE: [GradScaler
+                                     // semantics] in csrc/cpu/norm.cpp)
 };
 
 enum class Variant : int32_t { kTorch = 0, kPlaybook = 1 };
@@ -71,8 +74,10 @@ struct AdamTensors {
 struct AdamHyper {
   float lr = 1e-3f;
   const float* lr_ptr = nullptr;  // capturable: read lr from device memory instead of `lr`
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
+  // Betas in double, as the user gave them: 1 - beta and the bias corrections are computed in
+  // double and rounded to fp32 once (as torch does), not from fp32-rounded betas.
+  double beta1 = 0.9;
+  double beta2 = 0.999;
   float eps = 1e-8f;
   float weight_decay = 0.f;
   bool decoupled_weight_decay = false;  // AdamW: p *= 1 - lr*wd before the update
@@ -93,8 +98,8 @@ struct NAdamTensors {
 struct NAdamHyper {
   float lr = 2e-3f;
   const float* lr_ptr = nullptr;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
+  double beta1 = 0.9;  // double: see AdamHyper
+  double beta2 = 0.999;
   float eps = 1e-8f;
   float weight_decay = 0.f;
   float momentum_decay = 4e-3f;

@@ -5,8 +5,8 @@ One ``step()`` is three calls into the compiled core and no host synchronization
 (csrc/include/playbook/optim.h, NOTE: [Step pipeline]):
 
 1. per device, the sum of squares of every gradient (per tensor and in total, float64);
-2. on the first device, the global norm, the clip factor, the skip flag, the norm history and the
-   counters (``_GradNormState``);
+2. on the primary device (NOTE: [Primary device]), the global norm, the clip factor, the skip
+   flag, the norm history and the counters (``_GradNormState``);
 3. per (param group, device), the fused update, which reads the clip factor and the skip flag
    from device memory.
 
@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from playbook import _C
+from playbook._cuda import require_kernels
 from playbook.optim import _distributed
 from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_handle
 
@@ -128,7 +129,7 @@ class _NormPlan:
 
 @dataclass
 class _GradNormState:
-    """Step state on the first device: NOTE: [Step state] in playbook/optim.h."""
+    """Step state on the primary device: NOTE: [Step state] in playbook/optim.h."""
 
     values: torch.Tensor  # float32 [3]: norm, grad factor, skip flag
     counters: torch.Tensor  # int64 [3]: steps seen, skipped, clipped
@@ -352,6 +353,9 @@ class FusedOptimizer(Optimizer):
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for p in params:
             by_device.setdefault(p.device, []).append(p)
+        for device in by_device:  # can this build's kernels run there? (playbook/_cuda.py)
+            if device.type == "cuda":
+                require_kernels(device_index(device))
         devices = []
         for device, ps in by_device.items():
             with_state, stateless = [], []
@@ -498,6 +502,23 @@ class FusedOptimizer(Optimizer):
         return np_
 
     @staticmethod
+    def _primary_device(devices: list[torch.device], found_inf: torch.Tensor | None) -> torch.device:
+        """Where the global norm is finalized: NOTE: [Primary device].
+
+        NOTE: [Primary device]
+        The CUDA device of the GradScaler's ``found_inf`` when it holds params (the flag is then
+        written in place), else the first CUDA device, else the CPU. With CPU and CUDA params, the
+        CUDA partial totals must never be read by the host before their kernels finish: so the CPU
+        total goes to the CUDA device (a host-to-device copy, safe without a sync), never the
+        other way round, and the step values reach the CPU params by a synchronous copy. A flag
+        on another device is copied to the primary and written back after the finalize (stream
+        ordered between CUDA devices; synchronous for a CPU flag with CUDA params).
+        """
+        if found_inf is not None and found_inf.device.type == "cuda" and found_inf.device in devices:
+            return found_inf.device
+        return next((d for d in devices if d.type == "cuda"), devices[0])
+
+    @staticmethod
     def _lr_arg(lr: Any, device: torch.device) -> tuple[float, int, torch.Tensor | None]:
         """(lr as float, pointer to a float32 lr on ``device`` or 0, tensor to keep alive)."""
         if not isinstance(lr, torch.Tensor):
@@ -507,6 +528,11 @@ class FusedOptimizer(Optimizer):
             return 0.0, t.data_ptr(), t
         if lr.device.type == "cpu":
             return float(lr), 0, None  # host memory: no device sync
+        if device.type == "cpu":
+            # A CUDA lr for CPU params: the CPU kernel reads it at once, so the copy must have
+            # landed (a synchronous copy; non_blocking would hand the kernel unwritten memory).
+            t = lr.to(device=device, dtype=torch.float32)
+            return 0.0, t.data_ptr(), t
         t = lr.to(device=device, dtype=torch.float32, non_blocking=True)
         return 0.0, t.data_ptr(), t
 
@@ -569,19 +595,21 @@ class FusedOptimizer(Optimizer):
             last.norm_plans.append((np_, dps, ptrs))
             totals.append(np_.total)
 
-        # 2. Global norm, clip factor and skip flag on the first device.
-        primary = next(iter(per_device))
-        total = totals[0]
-        if len(totals) > 1:
-            total = total + sum(t.to(primary, non_blocking=True) for t in totals[1:])
+        # 2. Global norm, clip factor and skip flag on the primary device (_primary_device).
+        caller_found_inf = self.__dict__.pop("_playbook_found_inf", None)
+        if caller_found_inf is None:
+            caller_found_inf = getattr(self, "found_inf", None)
+        primary = self._primary_device(list(per_device), caller_found_inf)
+        total = None
+        for device, t in zip(per_device, totals):  # host -> device or device -> device: no host read
+            t = t if device == primary else t.to(primary, non_blocking=True)
+            total = t if total is None else total + t
         total = _distributed.reduce_total(self, total, last.norm_plans, primary)  # over ranks, if sharded
         gn = self._grad_norm_state(primary)
         grad_scale = getattr(self, "grad_scale", None)
         if grad_scale is not None:
             grad_scale = grad_scale.to(device=primary, dtype=torch.float32)
-        found_inf = self.__dict__.pop("_playbook_found_inf", None)
-        if found_inf is None:
-            found_inf = getattr(self, "found_inf", None)
+        found_inf = caller_found_inf
         if found_inf is not None and (found_inf.device != primary or found_inf.dtype != torch.float32):
             found_inf = found_inf.to(device=primary, dtype=torch.float32)
         last.grad_scale = grad_scale
@@ -591,6 +619,10 @@ class FusedOptimizer(Optimizer):
             ptr(grad_scale), ptr(found_inf), gn.values.data_ptr(), gn.counters.data_ptr(),
             gn.history.data_ptr(), gn.history.numel(), stream_handle(primary),
         )
+        if found_inf is not caller_found_inf:
+            # The scaler reads its own tensor: write the flag back to it, on its device, in
+            # stream order (a host destination is written synchronously).
+            caller_found_inf.copy_(found_inf, non_blocking=caller_found_inf.device.type != "cpu")
 
         # 3. Fused updates per (group, device), reading the step values on their device.
         values_on = {primary: gn.values}
