@@ -444,6 +444,47 @@ void init_ghost_bn(py::module_& m) {
       py::arg("weight"), py::arg("sdy"), py::arg("sdyx"), py::arg("count"), py::arg("count_last"), py::arg("dx"),
       py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def(
+      "ghost_bn_forward_train",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t x,
+         int64_t y, int64_t weight, int64_t bias, double eps, double momentum, int64_t num_batches_tracked,
+         int64_t running_mean, int64_t running_var, int64_t mean, int64_t m2, int64_t save_mean,
+         int64_t save_invstd, int num_threads, int64_t /*stream*/) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        cpu::ghost_bn_forward_train(sh, as_ptr<const void>(x), as_ptr<void>(y), as_ptr<const float>(weight),
+                                    as_ptr<const float>(bias), eps, momentum, num_batches_tracked,
+                                    as_ptr<float>(running_mean), as_ptr<float>(running_var), as_ptr<double>(mean),
+                                    as_ptr<double>(m2), as_ptr<float>(save_mean), as_ptr<float>(save_invstd),
+                                    num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+      py::arg("momentum"), py::arg("num_batches_tracked"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("mean"), py::arg("m2"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("num_threads"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_backward_train",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t dy,
+         int64_t x, int64_t save_mean, int64_t save_invstd, int64_t weight, int64_t sdy, int64_t sdyx, int64_t dx,
+         int64_t grad_weight, int64_t grad_bias, int num_threads, int64_t /*stream*/) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        cpu::ghost_bn_backward_train(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                     as_ptr<const float>(save_mean), as_ptr<const float>(save_invstd),
+                                     as_ptr<const float>(weight), as_ptr<double>(sdy), as_ptr<double>(sdyx),
+                                     as_ptr<void>(dx), as_ptr<float>(grad_weight), as_ptr<float>(grad_bias),
+                                     num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("weight"), py::arg("sdy"), py::arg("sdyx"), py::arg("dx"), py::arg("grad_weight"),
+      py::arg("grad_bias"), py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_merge",
+      [](int64_t num_rows, int64_t c, int64_t rows, int64_t mean, int64_t m2) {
+        return cpu::ghost_bn_merge(num_rows, c, as_ptr<const double>(rows), as_ptr<double>(mean), as_ptr<double>(m2));
+      },
+      py::arg("num_rows"), py::arg("c"), py::arg("rows"), py::arg("mean"), py::arg("m2"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
       "ghost_bn_param_grads",
       [](int device, int64_t num_ghost, int64_t c, int64_t sdy, int64_t sdyx, int64_t save_invstd,
          int64_t grad_weight, int64_t grad_bias, int64_t /*stream*/) {

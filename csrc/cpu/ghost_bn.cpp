@@ -31,6 +31,9 @@ void check_ghost_bn_shape(const GhostBNShape& sh) {
 }
 
 namespace cpu {
+
+#include "playbook/ghost_bn_math.h"
+
 namespace {
 
 constexpr int64_t kRowBlockElems = 16384;   // elements per channels-last block
@@ -211,12 +214,7 @@ void ghost_bn_stats(const GhostBNShape& sh, const void* x, double* mean, double*
     const double m = static_cast<double>(sh.ghost_count(g));
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = g * C + c;
-      const double s1 = mean[i];
-      const double s2 = m2[i];
-      double d = s2 - s1 * s1 / m;
-      if (d < 0.0) d = 0.0;  // rounding; NaN stays NaN
-      mean[i] = shift[i] + s1 / m;
-      m2[i] = d;
+      gbn_moments(shift[i], mean[i], m2[i], m, &mean[i], &m2[i]);
     }
   }
 }
@@ -233,21 +231,17 @@ void ghost_bn_finalize(int64_t G, int64_t C, const double* mean, const double* m
     const double m = static_cast<double>(g + 1 < G ? count : count_last);
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = g * C + c;
-      const float hi = static_cast<float>(mean[i]);
-      save_mean[i] = hi;
-      save_mean[G * C + i] = static_cast<float>(mean[i] - static_cast<double>(hi));
-      save_invstd[i] = static_cast<float>(1.0 / std::sqrt(m2[i] / m + eps));
+      gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
     }
   }
   if (running_mean == nullptr) return;
   for (int64_t g = 0; g < G; ++g) {
     const double m = static_cast<double>(g + 1 < G ? count : count_last);
-    const double f = momentum < 0.0 ? 1.0 / static_cast<double>(num_batches_tracked + g + 1) : momentum;
+    const double f = gbn_ema_factor(momentum, num_batches_tracked, g);
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = g * C + c;
-      const double unbiased = m > 1.0 ? m2[i] / (m - 1.0) : NAN;
-      running_mean[c] = static_cast<float>((1.0 - f) * running_mean[c] + f * mean[i]);
-      running_var[c] = static_cast<float>((1.0 - f) * running_var[c] + f * unbiased);
+      running_mean[c] = gbn_ema(running_mean[c], mean[i], f);
+      running_var[c] = gbn_ema(running_var[c], gbn_unbiased(m2[i], m), f);
     }
   }
 }
@@ -321,10 +315,8 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
     const double m = static_cast<double>(g + 1 < G ? count : count_last);
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = g * C + c;
-      const double invstd = save_invstd[i];
-      mdy[i] = static_cast<float>(sdy[i] / m);
-      kk[i] = static_cast<float>(invstd * invstd * sdyx[i] / m);
-      a[i] = static_cast<float>(weight != nullptr ? invstd * weight[c] : invstd);
+      gbn_grad_coefs(sdy[i], sdyx[i], save_invstd[i], weight != nullptr ? weight[c] : 1.f, m, &mdy[i], &kk[i],
+                     &a[i]);
     }
   }
   elementwise(
@@ -341,6 +333,122 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
                          save_mean + g * C, save_mean + (G + g) * C, mdy.data() + g * C, kk.data() + g * C,
                          a.data() + g * C);
       });
+}
+
+int64_t ghost_bn_merge(int64_t num_rows, int64_t C, const double* rows, double* mean, double* m2) {
+  PLAYBOOK_CHECK(num_rows >= 1 && C >= 1 && rows != nullptr && mean != nullptr && m2 != nullptr,
+                 "ghost_bn_merge: num_rows=", num_rows, " c=", C);
+  const int64_t stride = 1 + 2 * C;
+  double total = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    double n = rows[0], mu = rows[1 + c], d2 = rows[1 + C + c];
+    for (int64_t r = 1; r < num_rows; ++r) {
+      const double* row = rows + r * stride;
+      gbn_merge(&n, &mu, &d2, row[0], row[1 + c], row[1 + C + c]);
+    }
+    mean[c] = mu;
+    m2[c] = d2;
+    total = n;
+  }
+  return static_cast<int64_t>(total);
+}
+
+void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, const float* weight, const float* bias,
+                            double eps, double momentum, int64_t num_batches_tracked, float* running_mean,
+                            float* running_var, double* mean, double* m2, float* save_mean, float* save_invstd,
+                            int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(x != nullptr && y != nullptr && mean != nullptr && m2 != nullptr && save_mean != nullptr &&
+                     save_invstd != nullptr,
+                 "ghost_bn_forward_train: null pointer");
+  PLAYBOOK_CHECK((running_mean == nullptr) == (running_var == nullptr),
+                 "ghost_bn_forward_train: running_mean and running_var must both be given or both be null");
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  const int64_t count = sh.ghost_count(0);
+  const int64_t count_last = sh.ghost_count(G - 1);
+  if (sh.channels_last) {
+    ghost_bn_stats(sh, x, mean, m2, num_threads);
+    ghost_bn_finalize(G, C, mean, m2, count, count_last, eps, momentum, num_batches_tracked, running_mean,
+                      running_var, save_mean, save_invstd);
+    ghost_bn_apply(sh, x, y, save_mean, save_invstd, weight, bias, num_threads);
+    return;
+  }
+  // NOTE: [Ghost batch norm work split]: one item per (ghost batch, channel), planes in order.
+  const GhostBNKernels& k = gbn_kernels();
+  parallel_for(G * C, threads_for(sh, num_threads), [&](int64_t i) {
+    const int64_t g = i / C;
+    const int64_t c = i % C;
+    const int64_t first = (g * sh.vbs * C + c) * sh.s;
+    const int64_t planes = sh.ghost_samples(g);
+    const double shift = load_one(x, first, sh.dtype);
+    double s1 = 0.0, s2 = 0.0;
+    k.stats_planes(at(x, first, sh.dtype), C * sh.s, planes, sh.s, sh.dtype, shift, &s1, &s2);
+    const double m = static_cast<double>(planes * sh.s);
+    gbn_moments(shift, s1, s2, m, &mean[i], &m2[i]);
+    gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
+    const float alpha = weight != nullptr ? save_invstd[i] * weight[c] : save_invstd[i];
+    const float beta = bias != nullptr ? bias[c] : 0.f;
+    for (int64_t p = 0; p < planes; ++p) {
+      const int64_t off = first + p * C * sh.s;
+      k.apply_plane(at(x, off, sh.dtype), at(y, off, sh.dtype), sh.s, sh.dtype, save_mean[i], save_mean[G * C + i],
+                    alpha, beta);
+    }
+  });
+  if (running_mean != nullptr) {
+    for (int64_t g = 0; g < G; ++g) {
+      const double m = static_cast<double>(sh.ghost_count(g));
+      const double f = gbn_ema_factor(momentum, num_batches_tracked, g);
+      for (int64_t c = 0; c < C; ++c) {
+        running_mean[c] = gbn_ema(running_mean[c], mean[g * C + c], f);
+        running_var[c] = gbn_ema(running_var[c], gbn_unbiased(m2[g * C + c], m), f);
+      }
+    }
+  }
+}
+
+void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
+                             const float* save_invstd, const float* weight, double* sdy, double* sdyx, void* dx,
+                             float* grad_weight, float* grad_bias, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && save_invstd != nullptr && sdy != nullptr &&
+                     sdyx != nullptr,
+                 "ghost_bn_backward_train: null pointer");
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  if (sh.channels_last || dx == nullptr) {
+    ghost_bn_backward_reduce(sh, dy, x, save_mean, sdy, sdyx, num_threads);
+    if (dx != nullptr) {
+      ghost_bn_backward_apply(sh, dy, x, save_mean, save_invstd, weight, sdy, sdyx, sh.ghost_count(0),
+                              sh.ghost_count(G - 1), dx, num_threads);
+    }
+  } else {
+    const GhostBNKernels& k = gbn_kernels();
+    parallel_for(G * C, threads_for(sh, num_threads), [&](int64_t i) {
+      const int64_t g = i / C;
+      const int64_t c = i % C;
+      const int64_t first = (g * sh.vbs * C + c) * sh.s;
+      const int64_t planes = sh.ghost_samples(g);
+      const float hi = save_mean[i];
+      const float lo = save_mean[G * C + i];
+      double a1 = 0.0, a2 = 0.0;
+      k.bwd_reduce_planes(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, sh.s, sh.dtype, hi, lo,
+                          &a1, &a2);
+      sdy[i] = a1;
+      sdyx[i] = a2;
+      float mdy, kk, a;
+      gbn_grad_coefs(a1, a2, save_invstd[i], weight != nullptr ? weight[c] : 1.f,
+                     static_cast<double>(planes * sh.s), &mdy, &kk, &a);
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t off = first + p * C * sh.s;
+        k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype, hi, lo,
+                          mdy, kk, a);
+      }
+    });
+  }
+  if (grad_weight != nullptr || grad_bias != nullptr) {
+    ghost_bn_param_grads(G, C, sdy, sdyx, save_invstd, grad_weight, grad_bias);
+  }
 }
 
 void ghost_bn_param_grads(int64_t G, int64_t C, const double* sdy, const double* sdyx, const float* save_invstd,

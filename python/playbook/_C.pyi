@@ -95,3 +95,15 @@ def ghost_bn_param_grads(
     device: int, num_ghost: int, c: int, sdy: int, sdyx: int, save_invstd: int, grad_weight: int,
     grad_bias: int, stream: int,
 ) -> None: ...
+def ghost_bn_forward_train(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, x: int, y: int,
+    weight: int, bias: int, eps: float, momentum: float, num_batches_tracked: int,
+    running_mean: int, running_var: int, mean: int, m2: int, save_mean: int, save_invstd: int,
+    num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_backward_train(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, dy: int, x: int,
+    save_mean: int, save_invstd: int, weight: int, sdy: int, sdyx: int, dx: int, grad_weight: int,
+    grad_bias: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_merge(num_rows: int, c: int, rows: int, mean: int, m2: int) -> int: ...

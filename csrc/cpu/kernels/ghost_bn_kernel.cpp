@@ -6,6 +6,7 @@
 // accumulators (element i of a plane goes to lane i % kLanes; blocks are multiples of kLanes) that
 // are combined in a fixed pairwise order; row sums accumulate per channel in row order. With
 // -ffp-contract=off every level therefore produces the same bits.
+#include <cmath>
 #include <cstdint>
 
 #if defined(__F16C__)
@@ -19,6 +20,7 @@ namespace cpu {
 namespace PLAYBOOK_CPU_ISA {
 
 #include "cpu/kernels/kernel_utils.h"
+#include "playbook/ghost_bn_math.h"
 
 namespace {
 
@@ -55,17 +57,9 @@ static inline void stats_lanes(double* __restrict a1, double* __restrict a2, con
                                int64_t n, double shift) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double d = static_cast<double>(x[i + j]) - shift;
-      a1[j] += d;
-      a2[j] += d * d;
-    }
+    for (int j = 0; j < kLanes; ++j) gbn_stats_add(static_cast<double>(x[i + j]), shift, &a1[j], &a2[j]);
   }
-  for (int j = 0; i + j < n; ++j) {
-    const double d = static_cast<double>(x[i + j]) - shift;
-    a1[j] += d;
-    a2[j] += d * d;
-  }
+  for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(x[i + j]), shift, &a1[j], &a2[j]);
 }
 
 template <typename T>
@@ -87,11 +81,7 @@ void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, d
 
 static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
                              const double* __restrict shift, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const double d = static_cast<double>(x[j]) - shift[j];
-    s1[j] += d;
-    s2[j] += d * d;
-  }
+  for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
 }
 
 template <typename T>
@@ -110,7 +100,7 @@ void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, 
 
 static inline void apply_scalar(float* __restrict y, const float* __restrict x, int64_t n, float hi, float lo,
                                 float alpha, float beta) {
-  for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - hi) - lo) * alpha + beta;
+  for (int64_t i = 0; i < n; ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
 }
 
 template <typename T>
@@ -128,7 +118,7 @@ void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha,
 static inline void apply_vec(float* __restrict y, const float* __restrict x, int64_t n,
                              const float* __restrict hi, const float* __restrict lo,
                              const float* __restrict alpha, const float* __restrict beta) {
-  for (int64_t j = 0; j < n; ++j) y[j] = ((x[j] - hi[j]) - lo[j]) * alpha[j] + beta[j];
+  for (int64_t j = 0; j < n; ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
 }
 
 template <typename T>
@@ -154,15 +144,11 @@ static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
-      const double g = static_cast<double>(dy[i + j]);
-      a1[j] += g;
-      a2[j] += g * ((static_cast<double>(x[i + j]) - hi) - lo);
+      gbn_backward_add(static_cast<double>(dy[i + j]), static_cast<double>(x[i + j]), hi, lo, &a1[j], &a2[j]);
     }
   }
   for (int j = 0; i + j < n; ++j) {
-    const double g = static_cast<double>(dy[i + j]);
-    a1[j] += g;
-    a2[j] += g * ((static_cast<double>(x[i + j]) - hi) - lo);
+    gbn_backward_add(static_cast<double>(dy[i + j]), static_cast<double>(x[i + j]), hi, lo, &a1[j], &a2[j]);
   }
 }
 
@@ -189,9 +175,8 @@ static inline void bwd_row(double* __restrict s1, double* __restrict s2, const f
                            const float* __restrict x, const float* __restrict hi, const float* __restrict lo,
                            int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    const double g = static_cast<double>(dy[j]);
-    s1[j] += g;
-    s2[j] += g * ((static_cast<double>(x[j]) - static_cast<double>(hi[j])) - static_cast<double>(lo[j]));
+    gbn_backward_add(static_cast<double>(dy[j]), static_cast<double>(x[j]), static_cast<double>(hi[j]),
+                     static_cast<double>(lo[j]), &s1[j], &s2[j]);
   }
 }
 
@@ -212,7 +197,7 @@ void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, con
 static inline void bwd_apply_scalar(float* __restrict dx, const float* __restrict dy,
                                     const float* __restrict x, int64_t n, float hi, float lo, float mdy,
                                     float k, float a) {
-  for (int64_t i = 0; i < n; ++i) dx[i] = ((dy[i] - mdy) - ((x[i] - hi) - lo) * k) * a;
+  for (int64_t i = 0; i < n; ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
 }
 
 template <typename T>
@@ -233,7 +218,7 @@ static inline void bwd_apply_vec(float* __restrict dx, const float* __restrict d
                                  int64_t n, const float* __restrict hi, const float* __restrict lo,
                                  const float* __restrict mdy, const float* __restrict k,
                                  const float* __restrict a) {
-  for (int64_t j = 0; j < n; ++j) dx[j] = ((dy[j] - mdy[j]) - ((x[j] - hi[j]) - lo[j]) * k[j]) * a[j];
+  for (int64_t j = 0; j < n; ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
 }
 
 template <typename T>

@@ -168,56 +168,54 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         f64 = dict(dtype=torch.float64, device=x.device)
         mean = torch.empty(G, lay.c, **f64)
         m2 = torch.empty(G, lay.c, **f64)
-        _C.ghost_bn_stats(dev, *lay.args(local_vbs), dtype, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), threads, stream)
-        count = local_vbs * lay.s
-        count_last = (lay.n - (G - 1) * local_vbs) * lay.s
-        if span is not None:
-            # Chan's merge of the ranks of this ghost batch, in rank order, in float64 (counts too:
-            # exact to 2**53).
-            packed = torch.cat([torch.full((1,), float(count), **f64), mean.view(-1), m2.view(-1)])
-            rows = _gather_rows(packed, process_group, span[2], span[3])
-            n_a, mean_a, m2_a = rows[0][0], rows[0][1 : 1 + lay.c], rows[0][1 + lay.c :]
-            for row in rows[1:]:
-                n_b, mean_b, m2_b = row[0], row[1 : 1 + lay.c], row[1 + lay.c :]
-                tot = n_a + n_b
-                delta = mean_b - mean_a
-                mean_a = mean_a + delta * (n_b / tot)
-                m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / tot)
-                n_a = tot
-            count = count_last = int(n_a.item())
-            _verify_ghost_size(x, count, vbs)
-            mean = mean_a.view(1, lay.c).contiguous()
-            m2 = m2_a.view(1, lay.c).contiguous()
         save_mean = torch.empty(2, G, lay.c, dtype=torch.float32, device=x.device)  # hi, lo
         save_invstd = torch.empty(G, lay.c, dtype=torch.float32, device=x.device)
-        _C.ghost_bn_finalize(
-            dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count_last, float(eps),
-            -1.0 if momentum is None else float(momentum), num_batches_tracked,
-            0 if running_mean is None else running_mean.data_ptr(),
-            0 if running_var is None else running_var.data_ptr(),
-            save_mean.data_ptr(), save_invstd.data_ptr(), stream,
-        )  # fmt: skip
         y = torch.empty_like(x)
+        w_ptr = 0 if weight is None else weight.data_ptr()
+        b_ptr = 0 if bias is None else bias.data_ptr()
+        rm_ptr = 0 if running_mean is None else running_mean.data_ptr()
+        rv_ptr = 0 if running_var is None else running_var.data_ptr()
+        mom = -1.0 if momentum is None else float(momentum)
+        if span is None:  # one call: stats, running stats, normalize
+            _C.ghost_bn_forward_train(
+                dev, *lay.args(vbs), dtype, x.data_ptr(), y.data_ptr(), w_ptr, b_ptr, float(eps), mom,
+                num_batches_tracked, rm_ptr, rv_ptr, mean.data_ptr(), m2.data_ptr(), save_mean.data_ptr(),
+                save_invstd.data_ptr(), threads, stream,
+            )  # fmt: skip
+            _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, vbs, None, None, 0)
+            return y
+        _C.ghost_bn_stats(dev, *lay.args(local_vbs), dtype, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), threads, stream)
+        # Cross-rank ghost batch: Chan's merge of the ranks' (count, mean, m2) in rank order, in
+        # float64 (counts too: exact to 2**53), in the core (ghost_bn_math.h: gbn_merge).
+        packed = torch.cat([torch.full((1,), float(lay.n * lay.s), **f64), mean.view(-1), m2.view(-1)])
+        rows = torch.stack(_gather_rows(packed, process_group, span[2], span[3]))
+        count = _C.ghost_bn_merge(len(rows), lay.c, rows.data_ptr(), mean.data_ptr(), m2.data_ptr())
+        _verify_ghost_size(x, count, vbs)
+        _C.ghost_bn_finalize(
+            dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count, float(eps), mom,
+            num_batches_tracked, rm_ptr, rv_ptr, save_mean.data_ptr(), save_invstd.data_ptr(), stream,
+        )  # fmt: skip
         _C.ghost_bn_apply(
             dev, *lay.args(local_vbs), dtype, x.data_ptr(), y.data_ptr(), save_mean.data_ptr(),
-            save_invstd.data_ptr(), 0 if weight is None else weight.data_ptr(),
-            0 if bias is None else bias.data_ptr(), threads, stream,
+            save_invstd.data_ptr(), w_ptr, b_ptr, threads, stream,
         )  # fmt: skip
+        _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, local_vbs, span, process_group, count)
+        return y
+
+    @staticmethod
+    def _save(ctx: Any, x, weight, save_mean, save_invstd, lay, vbs, span, process_group, count) -> None:
         ctx.save_for_backward(x, weight, save_mean, save_invstd)
         ctx.layout = lay
-        ctx.local_vbs = local_vbs
-        ctx.counts = (count, count_last)
+        ctx.local_vbs = vbs
+        ctx.count = count  # elements of the cross-rank ghost batch (span only)
         ctx.span = span
         ctx.process_group = process_group
-        return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         x, weight, save_mean, save_invstd = ctx.saved_tensors
         lay: _Layout = ctx.layout
         dy = dy.contiguous(memory_format=lay.memory_format)
-        if lay.s == 1 or not lay.channels_last:
-            dy = dy.contiguous()
         dev = device_index(x.device)
         stream = stream_handle(x.device)
         threads = torch.get_num_threads()
@@ -228,9 +226,20 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         sdy = torch.empty(G, lay.c, dtype=torch.float64, device=x.device)
         sdyx = torch.empty_like(sdy)
         args = (dev, *lay.args(ctx.local_vbs), dtype)
-        _C.ghost_bn_backward_reduce(*args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), sdy.data_ptr(), sdyx.data_ptr(), threads, stream)
         need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        dx = grad_w = grad_b = None
+        need_w = need_w and weight is not None
+        dx = torch.empty_like(x) if need_x else None
+        grad_w = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_w else None
+        grad_b = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_b else None
+        w_ptr = 0 if weight is None else weight.data_ptr()
+        if ctx.span is None:  # one call: sums, dx, parameter grads
+            _C.ghost_bn_backward_train(
+                *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
+                sdy.data_ptr(), sdyx.data_ptr(), 0 if dx is None else dx.data_ptr(),
+                0 if grad_w is None else grad_w.data_ptr(), 0 if grad_b is None else grad_b.data_ptr(), threads, stream,
+            )  # fmt: skip
+            return dx, grad_w, grad_b, None, None, None, None, None, None, None
+        _C.ghost_bn_backward_reduce(*args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), sdy.data_ptr(), sdyx.data_ptr(), threads, stream)
         if need_x:
             tot_dy, tot_dyx = sdy, sdyx
             if ctx.span is not None:
@@ -240,15 +249,11 @@ class _GhostBatchNormFunction(torch.autograd.Function):
                     acc += row
                 tot_dy = acc[: lay.c].contiguous()
                 tot_dyx = acc[lay.c :].contiguous()
-            dx = torch.empty_like(x)
             _C.ghost_bn_backward_apply(
-                *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(),
-                0 if weight is None else weight.data_ptr(), tot_dy.data_ptr(), tot_dyx.data_ptr(),
-                ctx.counts[0], ctx.counts[1], dx.data_ptr(), threads, stream,
+                *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
+                tot_dy.data_ptr(), tot_dyx.data_ptr(), ctx.count, ctx.count, dx.data_ptr(), threads, stream,
             )  # fmt: skip
-        if (need_w and weight is not None) or need_b:
-            grad_w = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_w and weight is not None else None
-            grad_b = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_b else None
+        if need_w or need_b:
             _C.ghost_bn_param_grads(
                 dev, G, lay.c, sdy.data_ptr(), sdyx.data_ptr(), save_invstd.data_ptr(),
                 0 if grad_w is None else grad_w.data_ptr(), 0 if grad_b is None else grad_b.data_ptr(), stream,
