@@ -35,6 +35,7 @@
 
 #include <cstdint>
 
+#include "playbook/host_device.h"
 #include "playbook/tensor.h"
 
 namespace playbook {
@@ -48,9 +49,9 @@ struct GhostBNShape {
   DType dtype = DType::kFloat32;
   int32_t device = kCPUDevice;
 
-  int64_t num_ghost() const { return vbs <= 0 ? 0 : (n + vbs - 1) / vbs; }
-  int64_t ghost_samples(int64_t g) const { return g * vbs + vbs <= n ? vbs : n - g * vbs; }
-  int64_t ghost_count(int64_t g) const { return ghost_samples(g) * s; }
+  PLAYBOOK_HOST_DEVICE int64_t num_ghost() const { return vbs <= 0 ? 0 : (n + vbs - 1) / vbs; }
+  PLAYBOOK_HOST_DEVICE int64_t ghost_samples(int64_t g) const { return g * vbs + vbs <= n ? vbs : n - g * vbs; }
+  PLAYBOOK_HOST_DEVICE int64_t ghost_count(int64_t g) const { return ghost_samples(g) * s; }
 };
 
 // Argument checks shared by the CPU and CUDA entry points (csrc/cpu/ghost_bn.cpp).
@@ -114,4 +115,25 @@ void ghost_bn_backward_train(const GhostBNShape& shape, const void* dy, const vo
                              int num_threads);
 
 }  // namespace cpu
+
+// CUDA (csrc/cuda/ghost_bn.cu; NOTE: [Ghost batch norm CUDA kernels]). Same contracts as the CPU
+// functions; every pointer is device memory of shape.device, work is queued on `stream` (torch's
+// current stream) without host synchronization. The backward apply takes a [3, G, C] float scratch.
+namespace cuda {
+void ghost_bn_stats(const GhostBNShape& shape, const void* x, double* mean, double* m2, void* stream);
+void ghost_bn_finalize(int64_t num_ghost, int64_t c, const double* mean, const double* m2, int64_t count,
+                       int64_t count_last, double eps, double momentum, int64_t num_batches_tracked,
+                       float* running_mean, float* running_var, float* save_mean, float* save_invstd, int device,
+                       void* stream);
+void ghost_bn_apply(const GhostBNShape& shape, const void* x, void* y, const float* save_mean,
+                    const float* save_invstd, const float* weight, const float* bias, void* stream);
+void ghost_bn_backward_reduce(const GhostBNShape& shape, const void* dy, const void* x, const float* save_mean,
+                              double* sdy, double* sdyx, void* stream);
+void ghost_bn_backward_apply(const GhostBNShape& shape, const void* dy, const void* x, const float* save_mean,
+                             const float* save_invstd, const float* weight, const double* sdy, const double* sdyx,
+                             int64_t count, int64_t count_last, float* coefs, void* dx, void* stream);
+void ghost_bn_param_grads(int64_t num_ghost, int64_t c, const double* sdy, const double* sdyx,
+                          const float* save_invstd, float* grad_weight, float* grad_bias, int device, void* stream);
+}  // namespace cuda
+
 }  // namespace playbook
