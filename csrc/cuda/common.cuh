@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/launch.cuh"
 #include "playbook/check.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"

@@ -118,7 +118,8 @@ void multi_tensor_apply(const std::vector<std::array<void*, kDepth>>& ptrs,
   auto launch = [&]() {
     const int chunks = meta.chunk_start[meta.num_tensors];
     const int grid = chunks < max_grid ? chunks : max_grid;
-    multi_tensor_apply_kernel<kDepth, Functor><<<grid, kBlockSize, 0, stream>>>(meta, functor);
+    PLAYBOOK_LAUNCH((multi_tensor_apply_kernel<kDepth, Functor>), grid, kBlockSize, 0, stream)(
+        meta, functor);
     PLAYBOOK_CUDA_CHECK(cudaGetLastError());
     meta.num_tensors = 0;
     meta.chunk_start[0] = 0;
@@ -191,9 +192,9 @@ inline void advance_steps(const std::vector<float*>& steps, const std::vector<fl
   auto launch = [&]() {
     const int blocks = (table.num_tensors + kStepAdvanceThreads - 1) / kStepAdvanceThreads;
     if (mu_products != nullptr) {
-      advance_steps_kernel<true><<<blocks, kStepAdvanceThreads, 0, stream>>>(table, args);
+      PLAYBOOK_LAUNCH(advance_steps_kernel<true>, blocks, kStepAdvanceThreads, 0, stream)(table, args);
     } else {
-      advance_steps_kernel<false><<<blocks, kStepAdvanceThreads, 0, stream>>>(table, args);
+      PLAYBOOK_LAUNCH(advance_steps_kernel<false>, blocks, kStepAdvanceThreads, 0, stream)(table, args);
     }
     PLAYBOOK_CUDA_CHECK(cudaGetLastError());
     table.num_tensors = 0;

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 void launch_segment_sum(const SegmentTable& table, cudaStream_t stream) {
-  segment_sum_kernel<<<table.num_segments, kReduceThreads, 0, stream>>>(table);
+  PLAYBOOK_LAUNCH(segment_sum_kernel, table.num_segments, kReduceThreads, 0, stream)(table);
   PLAYBOOK_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -276,7 +276,7 @@ void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const S
   a.history_size = state.history_size;
   a.max_norm = args.max_norm;
   a.skip_nonfinite = args.skip_nonfinite;
-  finalize_grad_norm_kernel<<<1, 1, 0, as_stream(stream)>>>(a);
+  PLAYBOOK_LAUNCH(finalize_grad_norm_kernel, 1, 1, 0, as_stream(stream))(a);
   PLAYBOOK_CUDA_CHECK(cudaGetLastError());
 }
 
