@@ -21,6 +21,8 @@ import playbook
 from playbook import _C
 from playbook.nn import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d, convert_to_ghost_bn
 
+from conftest import requires_cuda
+
 GHOST = {1: GhostBatchNorm1d, 2: GhostBatchNorm2d, 3: GhostBatchNorm3d}
 PLAIN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -427,5 +429,31 @@ def test_core_rejects_bad_shapes() -> None:
         _C.ghost_bn_stats(-1, 4, 3, 1, 0, True, 0, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), 1, 0)
     with pytest.raises(ValueError, match="dtype code 7"):
         _C.ghost_bn_stats(-1, 4, 3, 1, 4, True, 7, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), 1, 0)
-    with pytest.raises(ValueError, match="no kernel for device 0"):
-        _C.ghost_bn_stats(0, 4, 3, 1, 4, True, 0, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), 1, 0)
+    if not _C.cuda_compiled():
+        with pytest.raises(RuntimeError, match="built without CUDA kernels"):
+            _C.ghost_bn_stats(0, 4, 3, 1, 4, True, 0, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), 1, 0)
+    with pytest.raises(ValueError, match="invalid device -2"):
+        _C.ghost_bn_stats(-2, 4, 3, 1, 4, True, 0, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), 1, 0)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_matches_float64_split_loop(channels_last: bool, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(9)
+    bn = GhostBatchNorm2d(6, virtual_batch_size=5).cuda()
+    ref = _Reference(bn)
+    x = _fmt((torch.randn(13, 6, 7, 5, generator=gen) * 2 + 1).to(dtype), channels_last)
+    dy = _fmt(torch.randn(13, 6, 7, 5, generator=gen).to(dtype), channels_last)
+    xg = x.cuda().requires_grad_()
+    y = bn(xg)
+    y.backward(dy.cuda())
+    xr = x.double().requires_grad_()
+    yr = ref(xr, training=True)
+    yr.backward(dy.double())
+    tol = _tol(dtype)
+    torch.testing.assert_close(y.double().cpu(), yr, **tol)
+    torch.testing.assert_close(xg.grad.double().cpu(), xr.grad, **tol)
+    torch.testing.assert_close(bn.running_var.double().cpu(), ref.running_var, atol=1e-5, rtol=1e-5)
+    assert int(bn.num_batches_tracked) == ref.nbt

@@ -89,7 +89,7 @@ def ghost_bn_backward_reduce(
 def ghost_bn_backward_apply(
     device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, dy: int, x: int,
     save_mean: int, save_invstd: int, weight: int, sdy: int, sdyx: int, count: int,
-    count_last: int, dx: int, num_threads: int, stream: int,
+    count_last: int, coefs: int, dx: int, num_threads: int, stream: int,
 ) -> None: ...
 def ghost_bn_param_grads(
     device: int, num_ghost: int, c: int, sdy: int, sdyx: int, save_invstd: int, grad_weight: int,

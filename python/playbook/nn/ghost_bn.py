@@ -102,7 +102,9 @@ class _Layout:
 
 
 def _kernel_ok(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> bool:
-    if x.dtype not in DTYPE_CODES or x.device.type != "cpu":
+    if x.dtype not in DTYPE_CODES:
+        return False
+    if x.device.type != "cpu" and not (x.device.type == "cuda" and _C.cuda_compiled()):
         return False
     for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device != x.device or not t.is_contiguous()):
@@ -176,38 +178,41 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         rm_ptr = 0 if running_mean is None else running_mean.data_ptr()
         rv_ptr = 0 if running_var is None else running_var.data_ptr()
         mom = -1.0 if momentum is None else float(momentum)
-        if span is None:  # one call: stats, running stats, normalize
+        if span is None and x.device.type == "cpu":  # one call: stats, running stats, normalize
             _C.ghost_bn_forward_train(
                 dev, *lay.args(vbs), dtype, x.data_ptr(), y.data_ptr(), w_ptr, b_ptr, float(eps), mom,
                 num_batches_tracked, rm_ptr, rv_ptr, mean.data_ptr(), m2.data_ptr(), save_mean.data_ptr(),
                 save_invstd.data_ptr(), threads, stream,
             )  # fmt: skip
-            _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, vbs, None, None, 0)
+            _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, vbs, None, None, None)
             return y
         _C.ghost_bn_stats(dev, *lay.args(local_vbs), dtype, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), threads, stream)
-        # Cross-rank ghost batch: Chan's merge of the ranks' (count, mean, m2) in rank order, in
-        # float64 (counts too: exact to 2**53), in the core (ghost_bn_math.h: gbn_merge).
-        packed = torch.cat([torch.full((1,), float(lay.n * lay.s), **f64), mean.view(-1), m2.view(-1)])
-        rows = torch.stack(_gather_rows(packed, process_group, span[2], span[3]))
-        count = _C.ghost_bn_merge(len(rows), lay.c, rows.data_ptr(), mean.data_ptr(), m2.data_ptr())
-        _verify_ghost_size(x, count, vbs)
+        count = local_vbs * lay.s
+        count_last = (lay.n - (G - 1) * local_vbs) * lay.s
+        if span is not None:
+            # Cross-rank ghost batch: Chan's merge of the ranks' (count, mean, m2) in rank order,
+            # in float64 (counts too: exact to 2**53), in the core (ghost_bn_math.h: gbn_merge).
+            packed = torch.cat([torch.full((1,), float(lay.n * lay.s), **f64), mean.view(-1), m2.view(-1)])
+            rows = torch.stack(_gather_rows(packed, process_group, span[2], span[3]))
+            count = count_last = _C.ghost_bn_merge(len(rows), lay.c, rows.data_ptr(), mean.data_ptr(), m2.data_ptr())
+            _verify_ghost_size(x, count, vbs)
         _C.ghost_bn_finalize(
-            dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count, float(eps), mom,
+            dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count_last, float(eps), mom,
             num_batches_tracked, rm_ptr, rv_ptr, save_mean.data_ptr(), save_invstd.data_ptr(), stream,
         )  # fmt: skip
         _C.ghost_bn_apply(
             dev, *lay.args(local_vbs), dtype, x.data_ptr(), y.data_ptr(), save_mean.data_ptr(),
             save_invstd.data_ptr(), w_ptr, b_ptr, threads, stream,
         )  # fmt: skip
-        _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, local_vbs, span, process_group, count)
+        _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, local_vbs, span, process_group, (count, count_last))
         return y
 
     @staticmethod
-    def _save(ctx: Any, x, weight, save_mean, save_invstd, lay, vbs, span, process_group, count) -> None:
+    def _save(ctx: Any, x, weight, save_mean, save_invstd, lay, vbs, span, process_group, counts) -> None:
         ctx.save_for_backward(x, weight, save_mean, save_invstd)
         ctx.layout = lay
         ctx.local_vbs = vbs
-        ctx.count = count  # elements of the cross-rank ghost batch (span only)
+        ctx.counts = counts  # elements per ghost batch (all but the last, the last); phased path
         ctx.span = span
         ctx.process_group = process_group
 
@@ -232,7 +237,7 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         grad_w = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_w else None
         grad_b = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_b else None
         w_ptr = 0 if weight is None else weight.data_ptr()
-        if ctx.span is None:  # one call: sums, dx, parameter grads
+        if ctx.span is None and x.device.type == "cpu":  # one call: sums, dx, parameter grads
             _C.ghost_bn_backward_train(
                 *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
                 sdy.data_ptr(), sdyx.data_ptr(), 0 if dx is None else dx.data_ptr(),
@@ -249,9 +254,11 @@ class _GhostBatchNormFunction(torch.autograd.Function):
                     acc += row
                 tot_dy = acc[: lay.c].contiguous()
                 tot_dyx = acc[lay.c :].contiguous()
+            coefs = torch.empty(3, G, lay.c, dtype=torch.float32, device=x.device) if x.device.type == "cuda" else None
             _C.ghost_bn_backward_apply(
                 *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
-                tot_dy.data_ptr(), tot_dyx.data_ptr(), ctx.count, ctx.count, dx.data_ptr(), threads, stream,
+                tot_dy.data_ptr(), tot_dyx.data_ptr(), ctx.counts[0], ctx.counts[1],
+                0 if coefs is None else coefs.data_ptr(), dx.data_ptr(), threads, stream,
             )  # fmt: skip
         if need_w or need_b:
             _C.ghost_bn_param_grads(
@@ -335,6 +342,10 @@ class _GhostBatchNorm(_BatchNorm):
             last = n - (-(-n // vbs) - 1) * vbs
             _verify_ghost_size(input, last * s, last)
         num_ghost = 1 if span is not None else -(-n // vbs)
+        if span is not None and input.device.type != "cpu":
+            raise TypeError(
+                f"GhostBatchNorm with a process_group across ranks runs on the CPU only, got input on {input.device}"
+            )
         if _kernel_ok(input, self.weight, self.bias, running_mean, running_var):
             out = _GhostBatchNormFunction.apply(
                 input, self.weight, self.bias, running_mean, running_var, self.eps, momentum, nbt0, vbs,
