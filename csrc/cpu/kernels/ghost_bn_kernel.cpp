@@ -25,7 +25,7 @@ namespace PLAYBOOK_CPU_ISA {
 namespace {
 
 constexpr int kLanes = 16;
-static_assert(kBlock % kLanes == 0, "blocks must keep element i in lane i % kLanes");
+static_assert(kLanes == 16 && kBlock % kLanes == 0, "blocks must keep element i in lane i % kLanes");
 
 // Read access to n elements as floats: float data directly, 16-bit data through a block buffer.
 static inline const float* in_f32(const float* src, float*, int64_t) { return src; }
@@ -53,12 +53,37 @@ static inline double combine(double* acc) {
 
 // ---- statistics -------------------------------------------------------------------------------
 
+// NOTE: [Ghost batch norm lanes]
+// The plane sums keep kLanes = 16 double lanes as two 8-wide GCC vectors (lanes 0-7, 8-15): the
+// compiler lowers them to whatever the level has (2 x SSE2, 1 x AVX2 pair, 1 x AVX-512) with the
+// same operations per lane, so every level rounds identically; plain loops over 16 scalars were
+// vectorized poorly (scalar conversions) and ran 5x slower.
+typedef float V8f __attribute__((vector_size(32)));
+typedef double V8d __attribute__((vector_size(64)));
+
+static inline V8d load8(const float* p) {
+  V8f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, V8d);
+}
+static inline V8d load_lanes(const double* p) {
+  V8d v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void store_lanes(double* p, V8d v) { __builtin_memcpy(p, &v, sizeof(v)); }
+static inline V8d splat8(double v) { return V8d{v, v, v, v, v, v, v, v}; }
+
 static inline void stats_lanes(double* __restrict a1, double* __restrict a2, const float* __restrict x,
                                int64_t n, double shift) {
   int64_t i = 0;
+  V8d s1a = load_lanes(a1), s1b = load_lanes(a1 + 8), s2a = load_lanes(a2), s2b = load_lanes(a2 + 8);
+  const V8d sh = splat8(shift);
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) gbn_stats_add(static_cast<double>(x[i + j]), shift, &a1[j], &a2[j]);
+    gbn_stats_add(load8(x + i), sh, &s1a, &s2a);
+    gbn_stats_add(load8(x + i + 8), sh, &s1b, &s2b);
   }
+  store_lanes(a1, s1a), store_lanes(a1 + 8, s1b), store_lanes(a2, s2a), store_lanes(a2 + 8, s2b);
   for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(x[i + j]), shift, &a1[j], &a2[j]);
 }
 
@@ -142,11 +167,14 @@ void apply_rows_t(const T* x, T* y, int64_t num_rows, int64_t c, const float* hi
 static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const float* __restrict dy,
                              const float* __restrict x, int64_t n, double hi, double lo) {
   int64_t i = 0;
+  V8d s1a = load_lanes(a1), s1b = load_lanes(a1 + 8), s2a = load_lanes(a2), s2b = load_lanes(a2 + 8);
+  const V8d vhi = splat8(hi);
+  const V8d vlo = splat8(lo);
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      gbn_backward_add(static_cast<double>(dy[i + j]), static_cast<double>(x[i + j]), hi, lo, &a1[j], &a2[j]);
-    }
+    gbn_backward_add(load8(dy + i), load8(x + i), vhi, vlo, &s1a, &s2a);
+    gbn_backward_add(load8(dy + i + 8), load8(x + i + 8), vhi, vlo, &s1b, &s2b);
   }
+  store_lanes(a1, s1a), store_lanes(a1 + 8, s1b), store_lanes(a2, s2a), store_lanes(a2 + 8, s2b);
   for (int j = 0; i + j < n; ++j) {
     gbn_backward_add(static_cast<double>(dy[i + j]), static_cast<double>(x[i + j]), hi, lo, &a1[j], &a2[j]);
   }

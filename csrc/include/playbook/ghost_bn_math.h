@@ -21,16 +21,18 @@ static inline PLAYBOOK_HOST_DEVICE float gbn_grad_input(float dy, float x, float
   return ((dy - mdy) - ((x - hi) - lo) * k) * a;
 }
 
-// Adds one element to the shifted sums s1 = sum(x - shift), s2 = sum((x - shift)^2).
-static inline PLAYBOOK_HOST_DEVICE void gbn_stats_add(double x, double shift, double* s1, double* s2) {
-  const double d = x - shift;
+// Adds one element to the shifted sums s1 = sum(x - shift), s2 = sum((x - shift)^2). D is double,
+// or (CPU kernels) a vector of doubles: the same operations lane by lane.
+template <typename D>
+static inline PLAYBOOK_HOST_DEVICE void gbn_stats_add(D x, D shift, D* s1, D* s2) {
+  const D d = x - shift;
   *s1 += d;
   *s2 += d * d;
 }
 
 // Adds one element to the backward sums sdy = sum(dy), sdyx = sum(dy * (x - mean)).
-static inline PLAYBOOK_HOST_DEVICE void gbn_backward_add(double dy, double x, double hi, double lo, double* sdy,
-                                                         double* sdyx) {
+template <typename D>
+static inline PLAYBOOK_HOST_DEVICE void gbn_backward_add(D dy, D x, D hi, D lo, D* sdy, D* sdyx) {
   *sdy += dy;
   *sdyx += dy * ((x - hi) - lo);
 }
