@@ -16,6 +16,7 @@
 #include "cuda/device_guard_plan.h"
 #include "playbook/check.h"
 #include "playbook/cuda_status.h"
+#include "playbook/ghost_bn.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
 
@@ -374,6 +375,185 @@ void init_sgd(py::module_& m) {
            py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 }
 
+// Ghost batch norm (playbook/ghost_bn.h). The Python layer (python/playbook/nn/ghost_bn.py) passes
+// the (n, c, s) view, the layout, dtype code and pointers; float32 statistics buffers are [G, C].
+// device -1 runs cpu::, a CUDA ordinal cuda:: (on `stream`); the one-call train functions are CPU only.
+GhostBNShape ghost_bn_shape(int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last,
+                            int dtype) {
+  PLAYBOOK_CHECK(device >= kCPUDevice, "ghost batch norm: invalid device ", device);
+  GhostBNShape sh;
+  sh.n = n;
+  sh.c = c;
+  sh.s = s;
+  sh.vbs = vbs;
+  sh.channels_last = channels_last;
+  sh.dtype = static_cast<DType>(dtype);
+  sh.device = device;
+  check_ghost_bn_shape(sh);
+  return sh;
+}
+
+void init_ghost_bn(py::module_& m) {
+  m.def(
+      "ghost_bn_stats",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t x,
+         int64_t mean, int64_t m2, int num_threads, int64_t stream) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_stats(sh, as_ptr<const void>(x), as_ptr<double>(mean), as_ptr<double>(m2),
+                               as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_stats(sh, as_ptr<const void>(x), as_ptr<double>(mean), as_ptr<double>(m2), num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("x"), py::arg("mean"), py::arg("m2"), py::arg("num_threads"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_finalize",
+      [](int device, int64_t num_ghost, int64_t c, int64_t mean, int64_t m2, int64_t count, int64_t count_last,
+         double eps, double momentum, int64_t num_batches_tracked, int64_t running_mean, int64_t running_var,
+         int64_t save_mean, int64_t save_invstd, int64_t stream) {
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_finalize(num_ghost, c, as_ptr<const double>(mean), as_ptr<const double>(m2), count,
+                                  count_last, eps, momentum, num_batches_tracked, as_ptr<float>(running_mean),
+                                  as_ptr<float>(running_var), as_ptr<float>(save_mean), as_ptr<float>(save_invstd),
+                                  device, as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_finalize(num_ghost, c, as_ptr<const double>(mean), as_ptr<const double>(m2), count,
+                               count_last, eps, momentum, num_batches_tracked, as_ptr<float>(running_mean),
+                               as_ptr<float>(running_var), as_ptr<float>(save_mean), as_ptr<float>(save_invstd));
+      },
+      py::arg("device"), py::arg("num_ghost"), py::arg("c"), py::arg("mean"), py::arg("m2"), py::arg("count"),
+      py::arg("count_last"), py::arg("eps"), py::arg("momentum"), py::arg("num_batches_tracked"),
+      py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_apply",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t x,
+         int64_t y, int64_t save_mean, int64_t save_invstd, int64_t weight, int64_t bias, int num_threads,
+         int64_t stream) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_apply(sh, as_ptr<const void>(x), as_ptr<void>(y), as_ptr<const float>(save_mean),
+                               as_ptr<const float>(save_invstd), as_ptr<const float>(weight),
+                               as_ptr<const float>(bias), as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_apply(sh, as_ptr<const void>(x), as_ptr<void>(y), as_ptr<const float>(save_mean),
+                            as_ptr<const float>(save_invstd), as_ptr<const float>(weight),
+                            as_ptr<const float>(bias), num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("weight"), py::arg("bias"), py::arg("num_threads"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_backward_reduce",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t dy,
+         int64_t x, int64_t save_mean, int64_t sdy, int64_t sdyx, int num_threads, int64_t stream) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_backward_reduce(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                         as_ptr<const float>(save_mean), as_ptr<double>(sdy), as_ptr<double>(sdyx),
+                                         as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_backward_reduce(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                      as_ptr<const float>(save_mean), as_ptr<double>(sdy), as_ptr<double>(sdyx),
+                                      num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("save_mean"), py::arg("sdy"), py::arg("sdyx"),
+      py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_backward_apply",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t dy,
+         int64_t x, int64_t save_mean, int64_t save_invstd, int64_t weight, int64_t sdy, int64_t sdyx,
+         int64_t count, int64_t count_last, int64_t coefs, int64_t dx, int num_threads, int64_t stream) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_backward_apply(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                        as_ptr<const float>(save_mean), as_ptr<const float>(save_invstd),
+                                        as_ptr<const float>(weight), as_ptr<const double>(sdy),
+                                        as_ptr<const double>(sdyx), count, count_last, as_ptr<float>(coefs),
+                                        as_ptr<void>(dx), as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_backward_apply(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                     as_ptr<const float>(save_mean), as_ptr<const float>(save_invstd),
+                                     as_ptr<const float>(weight), as_ptr<const double>(sdy),
+                                     as_ptr<const double>(sdyx), count, count_last, as_ptr<void>(dx),
+                                     num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("weight"), py::arg("sdy"), py::arg("sdyx"), py::arg("count"), py::arg("count_last"), py::arg("coefs"),
+      py::arg("dx"),
+      py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_forward_train",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t x,
+         int64_t y, int64_t weight, int64_t bias, double eps, double momentum, int64_t num_batches_tracked,
+         int64_t running_mean, int64_t running_var, int64_t mean, int64_t m2, int64_t save_mean,
+         int64_t save_invstd, int num_threads, int64_t /*stream*/) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        PLAYBOOK_CHECK(device == kCPUDevice, "ghost_bn_forward_train is CPU only, got device ", device);
+        cpu::ghost_bn_forward_train(sh, as_ptr<const void>(x), as_ptr<void>(y), as_ptr<const float>(weight),
+                                    as_ptr<const float>(bias), eps, momentum, num_batches_tracked,
+                                    as_ptr<float>(running_mean), as_ptr<float>(running_var), as_ptr<double>(mean),
+                                    as_ptr<double>(m2), as_ptr<float>(save_mean), as_ptr<float>(save_invstd),
+                                    num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("x"), py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+      py::arg("momentum"), py::arg("num_batches_tracked"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("mean"), py::arg("m2"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("num_threads"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_backward_train",
+      [](int device, int64_t n, int64_t c, int64_t s, int64_t vbs, bool channels_last, int dtype, int64_t dy,
+         int64_t x, int64_t save_mean, int64_t save_invstd, int64_t weight, int64_t sdy, int64_t sdyx, int64_t dx,
+         int64_t grad_weight, int64_t grad_bias, int num_threads, int64_t /*stream*/) {
+        const GhostBNShape sh = ghost_bn_shape(device, n, c, s, vbs, channels_last, dtype);
+        PLAYBOOK_CHECK(device == kCPUDevice, "ghost_bn_backward_train is CPU only, got device ", device);
+        cpu::ghost_bn_backward_train(sh, as_ptr<const void>(dy), as_ptr<const void>(x),
+                                     as_ptr<const float>(save_mean), as_ptr<const float>(save_invstd),
+                                     as_ptr<const float>(weight), as_ptr<double>(sdy), as_ptr<double>(sdyx),
+                                     as_ptr<void>(dx), as_ptr<float>(grad_weight), as_ptr<float>(grad_bias),
+                                     num_threads);
+      },
+      py::arg("device"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("vbs"), py::arg("channels_last"),
+      py::arg("dtype"), py::arg("dy"), py::arg("x"), py::arg("save_mean"), py::arg("save_invstd"),
+      py::arg("weight"), py::arg("sdy"), py::arg("sdyx"), py::arg("dx"), py::arg("grad_weight"),
+      py::arg("grad_bias"), py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_merge",
+      [](int64_t num_rows, int64_t c, int64_t rows, int64_t mean, int64_t m2) {
+        return cpu::ghost_bn_merge(num_rows, c, as_ptr<const double>(rows), as_ptr<double>(mean), as_ptr<double>(m2));
+      },
+      py::arg("num_rows"), py::arg("c"), py::arg("rows"), py::arg("mean"), py::arg("m2"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "ghost_bn_param_grads",
+      [](int device, int64_t num_ghost, int64_t c, int64_t sdy, int64_t sdyx, int64_t save_invstd,
+         int64_t grad_weight, int64_t grad_bias, int64_t stream) {
+        if (device != kCPUDevice) {
+          cuda::ghost_bn_param_grads(num_ghost, c, as_ptr<const double>(sdy), as_ptr<const double>(sdyx),
+                                     as_ptr<const float>(save_invstd), as_ptr<float>(grad_weight),
+                                     as_ptr<float>(grad_bias), device, as_stream(stream));
+          return;
+        }
+        cpu::ghost_bn_param_grads(num_ghost, c, as_ptr<const double>(sdy), as_ptr<const double>(sdyx),
+                                  as_ptr<const float>(save_invstd), as_ptr<float>(grad_weight),
+                                  as_ptr<float>(grad_bias));
+      },
+      py::arg("device"), py::arg("num_ghost"), py::arg("c"), py::arg("sdy"), py::arg("sdyx"),
+      py::arg("save_invstd"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+}
+
 }  // namespace
 }  // namespace playbook
 
@@ -385,4 +565,5 @@ PYBIND11_MODULE(_C, m) {
   playbook::init_adam(m);
   playbook::init_nadam(m);
   playbook::init_sgd(m);
+  playbook::init_ghost_bn(m);
 }

@@ -70,3 +70,45 @@ class SGDPlan:
         dampening: float, weight_decay: float, nesterov: bool, maximize: bool, step_values_ptr: int,
         num_threads: int, stream: int,
     ) -> None: ...
+
+# Ghost batch norm (csrc/include/playbook/ghost_bn.h; called by python/playbook/nn/ghost_bn.py).
+# (n, c, s, vbs, channels_last) describe the input (NOTE: [Ghost batch norm layout]); mean/m2/
+# sdy/sdyx are [G, C] float64, save_mean [2, G, C] float32 (hi, lo), save_invstd [G, C] float32.
+def ghost_bn_stats(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, x: int,
+    mean: int, m2: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_finalize(
+    device: int, num_ghost: int, c: int, mean: int, m2: int, count: int, count_last: int,
+    eps: float, momentum: float, num_batches_tracked: int, running_mean: int, running_var: int,
+    save_mean: int, save_invstd: int, stream: int,
+) -> None: ...
+def ghost_bn_apply(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, x: int, y: int,
+    save_mean: int, save_invstd: int, weight: int, bias: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_backward_reduce(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, dy: int, x: int,
+    save_mean: int, sdy: int, sdyx: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_backward_apply(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, dy: int, x: int,
+    save_mean: int, save_invstd: int, weight: int, sdy: int, sdyx: int, count: int,
+    count_last: int, coefs: int, dx: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_param_grads(
+    device: int, num_ghost: int, c: int, sdy: int, sdyx: int, save_invstd: int, grad_weight: int,
+    grad_bias: int, stream: int,
+) -> None: ...
+def ghost_bn_forward_train(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, x: int, y: int,
+    weight: int, bias: int, eps: float, momentum: float, num_batches_tracked: int,
+    running_mean: int, running_var: int, mean: int, m2: int, save_mean: int, save_invstd: int,
+    num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_backward_train(
+    device: int, n: int, c: int, s: int, vbs: int, channels_last: bool, dtype: int, dy: int, x: int,
+    save_mean: int, save_invstd: int, weight: int, sdy: int, sdyx: int, dx: int, grad_weight: int,
+    grad_bias: int, num_threads: int, stream: int,
+) -> None: ...
+def ghost_bn_merge(num_rows: int, c: int, rows: int, mean: int, m2: int) -> int: ...

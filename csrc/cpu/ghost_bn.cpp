@@ -1,0 +1,436 @@
+// Ghost batch norm on the CPU: work split, per-(ghost batch, channel) finalization and running
+// stats (NOTE: [Ghost batch norm layout], NOTE: [Ghost batch norm numerics] in
+// playbook/ghost_bn.h). The inner loops are in csrc/cpu/kernels/ghost_bn_kernel.cpp.
+//
+// NOTE: [Ghost batch norm work split]
+// Work items never depend on the thread count. Contiguous layout: statistics and backward sums
+// are one item per (ghost batch, channel), walking its planes in sample order; elementwise passes
+// are groups of whole planes. Channels-last layout: the rows of each ghost batch are cut into
+// blocks of kRowBlockElems / c rows (never crossing a ghost batch); each block sums into its own
+// partial [2, c] buffer, and the partials of a ghost batch are merged in block order.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/ghost_bn_kernels.h"
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+#include "playbook/check.h"
+#include "playbook/ghost_bn.h"
+
+namespace playbook {
+
+void check_ghost_bn_shape(const GhostBNShape& sh) {
+  PLAYBOOK_CHECK(sh.n >= 1, "ghost batch norm: batch size n=", sh.n, ", expected >= 1");
+  PLAYBOOK_CHECK(sh.c >= 1, "ghost batch norm: channels c=", sh.c, ", expected >= 1");
+  PLAYBOOK_CHECK(sh.s >= 1, "ghost batch norm: spatial size s=", sh.s, ", expected >= 1");
+  PLAYBOOK_CHECK(sh.vbs >= 1, "Invalid virtual_batch_size: ", sh.vbs, " (expected an int >= 1)");
+  PLAYBOOK_CHECK(sh.dtype == DType::kFloat32 || sh.dtype == DType::kBFloat16 || sh.dtype == DType::kFloat16,
+                 "ghost batch norm: dtype code ", static_cast<int>(sh.dtype),
+                 ", expected float32 (0), bfloat16 (1) or float16 (2)");
+}
+
+namespace cpu {
+
+#include "playbook/ghost_bn_math.h"
+
+namespace {
+
+constexpr int64_t kRowBlockElems = 65536;   // elements per channels-last block (partials: 2c doubles each)
+constexpr int64_t kItemElems = 16384;       // elements per elementwise work item (contiguous)
+constexpr int64_t kMinParallelElems = 1 << 15;
+
+const GhostBNKernels& gbn_kernels() {
+#ifdef PLAYBOOK_SIMD_X86
+  const char* level = kernels().name;
+  if (std::strcmp(level, "avx512") == 0) return avx512::ghost_bn_kernels();
+  if (std::strcmp(level, "avx2") == 0) return avx2::ghost_bn_kernels();
+#endif
+  return portable::ghost_bn_kernels();
+}
+
+int threads_for(const GhostBNShape& sh, int num_threads) {
+  return sh.n * sh.c * sh.s < kMinParallelElems || num_threads < 1 ? 1 : num_threads;
+}
+
+const char* at(const void* base, int64_t index, DType dtype) {
+  return static_cast<const char*>(base) + index * dtype_size(dtype);
+}
+char* at(void* base, int64_t index, DType dtype) {
+  return static_cast<char*>(base) + index * dtype_size(dtype);
+}
+
+double load_one(const void* base, int64_t index, DType dtype) {
+  const char* p = at(base, index, dtype);
+  switch (dtype) {
+    case DType::kFloat32: {
+      float f;
+      std::memcpy(&f, p, sizeof(f));
+      return f;
+    }
+    case DType::kBFloat16: {
+      uint16_t h;
+      std::memcpy(&h, p, sizeof(h));
+      const uint32_t u = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &u, sizeof(f));
+      return f;
+    }
+    case DType::kFloat16: {
+      _Float16 h;
+      std::memcpy(&h, p, sizeof(h));
+      return static_cast<double>(h);
+    }
+  }
+  return 0.0;
+}
+
+// Channels-last blocks (NOTE: [Ghost batch norm work split]).
+struct RowBlocks {
+  int64_t rows_per_block, full_ghosts, blocks_per_full, last_rows, blocks_last;
+
+  explicit RowBlocks(const GhostBNShape& sh) {
+    rows_per_block = kRowBlockElems / sh.c < 1 ? 1 : kRowBlockElems / sh.c;
+    full_ghosts = sh.n / sh.vbs;
+    const int64_t full_rows = sh.vbs * sh.s;
+    blocks_per_full = (full_rows + rows_per_block - 1) / rows_per_block;
+    last_rows = (sh.n % sh.vbs) * sh.s;
+    blocks_last = (last_rows + rows_per_block - 1) / rows_per_block;
+  }
+  int64_t total() const { return full_ghosts * blocks_per_full + blocks_last; }
+  // Ghost batch, first row and row count of block b.
+  void get(const GhostBNShape& sh, int64_t b, int64_t* g, int64_t* row0, int64_t* rows) const {
+    int64_t local;
+    int64_t ghost_rows;
+    if (b < full_ghosts * blocks_per_full) {
+      *g = b / blocks_per_full;
+      local = b % blocks_per_full;
+      ghost_rows = sh.vbs * sh.s;
+    } else {
+      *g = full_ghosts;
+      local = b - full_ghosts * blocks_per_full;
+      ghost_rows = last_rows;
+    }
+    const int64_t begin = local * rows_per_block;
+    *row0 = *g * sh.vbs * sh.s + begin;
+    *rows = ghost_rows - begin < rows_per_block ? ghost_rows - begin : rows_per_block;
+  }
+  // First block of ghost batch g and its block count.
+  void range(int64_t g, int64_t* first, int64_t* count) const {
+    *first = g * blocks_per_full;
+    *count = g < full_ghosts ? blocks_per_full : blocks_last;
+  }
+};
+
+// Per (ghost batch, channel) double sums a, b over the input(s), by layout. `planes(g, c, a, b)`
+// sums the planes of (g, c); `rows(row0, rows, g, a, b)` sums rows into per-channel partials.
+template <typename Planes, typename Rows>
+void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_b, const Planes& planes,
+            const Rows& rows) {
+  const int64_t G = sh.num_ghost();
+  const int threads = threads_for(sh, num_threads);
+  if (!sh.channels_last) {
+    parallel_for(G * sh.c, threads, [&](int64_t i) {
+      double a = 0.0, b = 0.0;
+      planes(i / sh.c, i % sh.c, &a, &b);
+      out_a[i] = a;
+      out_b[i] = b;
+    });
+    return;
+  }
+  const RowBlocks blocks(sh);
+  std::vector<double> partial(static_cast<size_t>(blocks.total() * 2 * sh.c), 0.0);
+  parallel_for(blocks.total(), threads, [&](int64_t blk) {
+    int64_t g, row0, nrows;
+    blocks.get(sh, blk, &g, &row0, &nrows);
+    double* pa = partial.data() + blk * 2 * sh.c;
+    rows(row0, nrows, g, pa, pa + sh.c);
+  });
+  for (int64_t g = 0; g < G; ++g) {
+    int64_t first, count;
+    blocks.range(g, &first, &count);
+    double* a = out_a + g * sh.c;
+    double* b = out_b + g * sh.c;
+    for (int64_t j = 0; j < sh.c; ++j) a[j] = b[j] = 0.0;
+    for (int64_t blk = first; blk < first + count; ++blk) {
+      const double* pa = partial.data() + blk * 2 * sh.c;
+      for (int64_t j = 0; j < sh.c; ++j) {
+        a[j] += pa[j];
+        b[j] += pa[sh.c + j];
+      }
+    }
+  }
+}
+
+// Runs fn over the elementwise work items: planes (p0, count) for contiguous, or the row blocks
+// (row0, rows, g) for channels-last.
+template <typename Planes, typename Rows>
+void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, const Rows& rows) {
+  const int threads = threads_for(sh, num_threads);
+  if (!sh.channels_last) {
+    const int64_t per_item = kItemElems / sh.s < 1 ? 1 : kItemElems / sh.s;
+    const int64_t num_planes = sh.n * sh.c;
+    parallel_for((num_planes + per_item - 1) / per_item, threads, [&](int64_t item) {
+      const int64_t p0 = item * per_item;
+      const int64_t p1 = p0 + per_item < num_planes ? p0 + per_item : num_planes;
+      for (int64_t p = p0; p < p1; ++p) planes(p, (p / sh.c) / sh.vbs, p % sh.c);
+    });
+    return;
+  }
+  const RowBlocks blocks(sh);
+  parallel_for(blocks.total(), threads, [&](int64_t blk) {
+    int64_t g, row0, nrows;
+    blocks.get(sh, blk, &g, &row0, &nrows);
+    rows(row0, nrows, g);
+  });
+}
+
+}  // namespace
+
+void ghost_bn_stats(const GhostBNShape& sh, const void* x, double* mean, double* m2, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(x != nullptr && mean != nullptr && m2 != nullptr, "ghost_bn_stats: null pointer");
+  const GhostBNKernels& k = gbn_kernels();
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  // Shift K per (ghost batch, channel): its first element.
+  std::vector<double> shift(static_cast<size_t>(G * C));
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t first = sh.channels_last ? g * sh.vbs * sh.s * C + c : (g * sh.vbs * C + c) * sh.s;
+      shift[g * C + c] = load_one(x, first, sh.dtype);
+    }
+  }
+  reduce(
+      sh, num_threads, mean, m2,
+      [&](int64_t g, int64_t c, double* a, double* b) {
+        k.stats_planes(at(x, (g * sh.vbs * C + c) * sh.s, sh.dtype), C * sh.s, sh.ghost_samples(g), sh.s,
+                       sh.dtype, shift[g * C + c], a, b);
+      },
+      [&](int64_t row0, int64_t rows, int64_t g, double* a, double* b) {
+        k.stats_rows(at(x, row0 * C, sh.dtype), rows, C, sh.dtype, shift.data() + g * C, a, b);
+      });
+  for (int64_t g = 0; g < G; ++g) {
+    const double m = static_cast<double>(sh.ghost_count(g));
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = g * C + c;
+      gbn_moments(shift[i], mean[i], m2[i], m, &mean[i], &m2[i]);
+    }
+  }
+}
+
+void ghost_bn_finalize(int64_t G, int64_t C, const double* mean, const double* m2, int64_t count, int64_t count_last,
+                       double eps, double momentum, int64_t num_batches_tracked, float* running_mean,
+                       float* running_var, float* save_mean, float* save_invstd) {
+  PLAYBOOK_CHECK(G >= 1 && C >= 1, "ghost_bn_finalize: G=", G, " C=", C);
+  PLAYBOOK_CHECK((running_mean == nullptr) == (running_var == nullptr),
+                 "ghost_bn_finalize: running_mean and running_var must both be given or both be null");
+  PLAYBOOK_CHECK(count >= 1 && count_last >= 1, "ghost_bn_finalize: counts ", count, ", ", count_last,
+                 ", expected >= 1");
+  for (int64_t g = 0; g < G; ++g) {
+    const double m = static_cast<double>(g + 1 < G ? count : count_last);
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = g * C + c;
+      gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
+    }
+  }
+  if (running_mean == nullptr) return;
+  for (int64_t g = 0; g < G; ++g) {
+    const double m = static_cast<double>(g + 1 < G ? count : count_last);
+    const double f = gbn_ema_factor(momentum, num_batches_tracked, g);
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = g * C + c;
+      running_mean[c] = gbn_ema(running_mean[c], mean[i], f);
+      running_var[c] = gbn_ema(running_var[c], gbn_unbiased(m2[i], m), f);
+    }
+  }
+}
+
+void ghost_bn_apply(const GhostBNShape& sh, const void* x, void* y, const float* save_mean,
+                    const float* save_invstd, const float* weight, const float* bias, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(x != nullptr && y != nullptr && save_mean != nullptr && save_invstd != nullptr,
+                 "ghost_bn_apply: null pointer");
+  const GhostBNKernels& k = gbn_kernels();
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  std::vector<float> alpha(static_cast<size_t>(G * C));
+  std::vector<float> beta(static_cast<size_t>(G * C));
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = g * C + c;
+      alpha[i] = weight != nullptr ? save_invstd[i] * weight[c] : save_invstd[i];
+      beta[i] = bias != nullptr ? bias[c] : 0.f;
+    }
+  }
+  elementwise(
+      sh, num_threads,
+      [&](int64_t p, int64_t g, int64_t c) {
+        const int64_t i = g * C + c;
+        k.apply_plane(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), sh.s, sh.dtype, save_mean[i],
+                      save_mean[G * C + i], alpha[i], beta[i]);
+      },
+      [&](int64_t row0, int64_t rows, int64_t g) {
+        k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), rows, C, sh.dtype,
+                     save_mean + g * C, save_mean + (G + g) * C, alpha.data() + g * C, beta.data() + g * C);
+      });
+}
+
+void ghost_bn_backward_reduce(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
+                              double* sdy, double* sdyx, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && sdy != nullptr && sdyx != nullptr,
+                 "ghost_bn_backward_reduce: null pointer");
+  const GhostBNKernels& k = gbn_kernels();
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  reduce(
+      sh, num_threads, sdy, sdyx,
+      [&](int64_t g, int64_t c, double* a, double* b) {
+        const int64_t off = (g * sh.vbs * C + c) * sh.s;
+        k.bwd_reduce_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), C * sh.s, sh.ghost_samples(g), sh.s,
+                            sh.dtype, save_mean[g * C + c], save_mean[(G + g) * C + c], a, b);
+      },
+      [&](int64_t row0, int64_t rows, int64_t g, double* a, double* b) {
+        k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), rows, C, sh.dtype,
+                          save_mean + g * C, save_mean + (G + g) * C, a, b);
+      });
+}
+
+void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
+                             const float* save_invstd, const float* weight, const double* sdy,
+                             const double* sdyx, int64_t count, int64_t count_last, void* dx,
+                             int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && dx != nullptr && save_mean != nullptr &&
+                     save_invstd != nullptr && sdy != nullptr && sdyx != nullptr && count >= 1 && count_last >= 1,
+                 "ghost_bn_backward_apply: null pointer");
+  const GhostBNKernels& k = gbn_kernels();
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  std::vector<float> mdy(static_cast<size_t>(G * C));
+  std::vector<float> kk(static_cast<size_t>(G * C));
+  std::vector<float> a(static_cast<size_t>(G * C));
+  for (int64_t g = 0; g < G; ++g) {
+    const double m = static_cast<double>(g + 1 < G ? count : count_last);
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = g * C + c;
+      gbn_grad_coefs(sdy[i], sdyx[i], save_invstd[i], weight != nullptr ? weight[c] : 1.f, m, &mdy[i], &kk[i],
+                     &a[i]);
+    }
+  }
+  elementwise(
+      sh, num_threads,
+      [&](int64_t p, int64_t g, int64_t c) {
+        const int64_t i = g * C + c;
+        const int64_t off = p * sh.s;
+        k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
+                          save_mean[i], save_mean[G * C + i], mdy[i], kk[i], a[i]);
+      },
+      [&](int64_t row0, int64_t rows, int64_t g) {
+        const int64_t off = row0 * C;
+        k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), rows, C, sh.dtype,
+                         save_mean + g * C, save_mean + (G + g) * C, mdy.data() + g * C, kk.data() + g * C,
+                         a.data() + g * C);
+      });
+}
+
+int64_t ghost_bn_merge(int64_t num_rows, int64_t C, const double* rows, double* mean, double* m2) {
+  PLAYBOOK_CHECK(num_rows >= 1 && C >= 1 && rows != nullptr && mean != nullptr && m2 != nullptr,
+                 "ghost_bn_merge: num_rows=", num_rows, " c=", C);
+  const int64_t stride = 1 + 2 * C;
+  double total = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    double n = rows[0], mu = rows[1 + c], d2 = rows[1 + C + c];
+    for (int64_t r = 1; r < num_rows; ++r) {
+      const double* row = rows + r * stride;
+      gbn_merge(&n, &mu, &d2, row[0], row[1 + c], row[1 + C + c]);
+    }
+    mean[c] = mu;
+    m2[c] = d2;
+    total = n;
+  }
+  return static_cast<int64_t>(total);
+}
+
+void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, const float* weight, const float* bias,
+                            double eps, double momentum, int64_t num_batches_tracked, float* running_mean,
+                            float* running_var, double* mean, double* m2, float* save_mean, float* save_invstd,
+                            int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(x != nullptr && y != nullptr && mean != nullptr && m2 != nullptr && save_mean != nullptr &&
+                     save_invstd != nullptr,
+                 "ghost_bn_forward_train: null pointer");
+  PLAYBOOK_CHECK((running_mean == nullptr) == (running_var == nullptr),
+                 "ghost_bn_forward_train: running_mean and running_var must both be given or both be null");
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  // Two passes for both layouts. NOTE: [Ghost batch norm forward passes]: normalizing each
+  // (ghost batch, channel) right after its statistics (while cached) measured slower for NCHW,
+  // 2x: its planes sit C*s elements apart, a power of two in the usual shapes, so they alias
+  // in the caches; the streaming second pass is faster.
+  ghost_bn_stats(sh, x, mean, m2, num_threads);
+  ghost_bn_finalize(G, C, mean, m2, sh.ghost_count(0), sh.ghost_count(G - 1), eps, momentum, num_batches_tracked,
+                    running_mean, running_var, save_mean, save_invstd);
+  ghost_bn_apply(sh, x, y, save_mean, save_invstd, weight, bias, num_threads);
+}
+
+void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
+                             const float* save_invstd, const float* weight, double* sdy, double* sdyx, void* dx,
+                             float* grad_weight, float* grad_bias, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && save_invstd != nullptr && sdy != nullptr &&
+                     sdyx != nullptr,
+                 "ghost_bn_backward_train: null pointer");
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  if (sh.channels_last || dx == nullptr) {
+    ghost_bn_backward_reduce(sh, dy, x, save_mean, sdy, sdyx, num_threads);
+    if (dx != nullptr) {
+      ghost_bn_backward_apply(sh, dy, x, save_mean, save_invstd, weight, sdy, sdyx, sh.ghost_count(0),
+                              sh.ghost_count(G - 1), dx, num_threads);
+    }
+  } else {
+    const GhostBNKernels& k = gbn_kernels();
+    parallel_for(G * C, threads_for(sh, num_threads), [&](int64_t i) {
+      const int64_t g = i / C;
+      const int64_t c = i % C;
+      const int64_t first = (g * sh.vbs * C + c) * sh.s;
+      const int64_t planes = sh.ghost_samples(g);
+      const float hi = save_mean[i];
+      const float lo = save_mean[G * C + i];
+      double a1 = 0.0, a2 = 0.0;
+      k.bwd_reduce_planes(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, sh.s, sh.dtype, hi, lo,
+                          &a1, &a2);
+      sdy[i] = a1;
+      sdyx[i] = a2;
+      float mdy, kk, a;
+      gbn_grad_coefs(a1, a2, save_invstd[i], weight != nullptr ? weight[c] : 1.f,
+                     static_cast<double>(planes * sh.s), &mdy, &kk, &a);
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t off = first + p * C * sh.s;
+        k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype, hi, lo,
+                          mdy, kk, a);
+      }
+    });
+  }
+  if (grad_weight != nullptr || grad_bias != nullptr) {
+    ghost_bn_param_grads(G, C, sdy, sdyx, save_invstd, grad_weight, grad_bias);
+  }
+}
+
+void ghost_bn_param_grads(int64_t G, int64_t C, const double* sdy, const double* sdyx, const float* save_invstd,
+                          float* grad_weight, float* grad_bias) {
+  for (int64_t c = 0; c < C; ++c) {
+    double gw = 0.0, gb = 0.0;
+    for (int64_t g = 0; g < G; ++g) {
+      gw += sdyx[g * C + c] * static_cast<double>(save_invstd[g * C + c]);
+      gb += sdy[g * C + c];
+    }
+    if (grad_weight != nullptr) grad_weight[c] = static_cast<float>(gw);
+    if (grad_bias != nullptr) grad_bias[c] = static_cast<float>(gb);
+  }
+}
+
+}  // namespace cpu
+}  // namespace playbook

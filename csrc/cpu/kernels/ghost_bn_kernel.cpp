@@ -1,0 +1,351 @@
+// Ghost batch norm inner loops, compiled once per SIMD level (NOTE: [SIMD dispatch] in
+// csrc/cpu/kernels.h; numerics in NOTE: [Ghost batch norm numerics], playbook/ghost_bn.h).
+//
+// Every loop is plain C++ over float arrays that the compiler vectorizes; 16-bit data is widened
+// into fp32 blocks first (NOTE: [16-bit blocks]). Plane sums keep kLanes independent double
+// accumulators (element i of a plane goes to lane i % kLanes; blocks are multiples of kLanes) that
+// are combined in a fixed pairwise order; row sums accumulate per channel in row order. With
+// -ffp-contract=off every level therefore produces the same bits.
+#include <cmath>
+#include <cstdint>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/ghost_bn_kernels.h"
+
+namespace playbook {
+namespace cpu {
+namespace PLAYBOOK_CPU_ISA {
+
+#include "cpu/kernels/kernel_utils.h"
+#include "playbook/ghost_bn_math.h"
+
+namespace {
+
+constexpr int kLanes = 16;
+static_assert(kLanes == 16 && kBlock % kLanes == 0, "blocks must keep element i in lane i % kLanes");
+
+// Read access to n elements as floats: float data directly, 16-bit data through a block buffer.
+static inline const float* in_f32(const float* src, float*, int64_t) { return src; }
+template <typename T>
+static inline const float* in_f32(const T* src, float* buf, int64_t n) {
+  load_block(buf, src, n);
+  return buf;
+}
+// Write access: float outputs are written in place, 16-bit outputs through a block buffer.
+static inline float* out_f32(float* dst, float*) { return dst; }
+template <typename T>
+static inline float* out_f32(T*, float* buf) { return buf; }
+static inline void flush(float*, const float*, int64_t) {}
+template <typename T>
+static inline void flush(T* dst, const float* buf, int64_t n) {
+  store_block(dst, buf, n);
+}
+
+static inline double combine(double* acc) {
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+// ---- statistics -------------------------------------------------------------------------------
+
+// NOTE: [Ghost batch norm lanes]
+// The plane sums keep kLanes = 16 double lanes as two 8-wide GCC vectors (lanes 0-7, 8-15): the
+// compiler lowers them to whatever the level has (2 x SSE2, 1 x AVX2 pair, 1 x AVX-512) with the
+// same operations per lane, so every level rounds identically; plain loops over 16 scalars were
+// vectorized poorly (scalar conversions) and ran 5x slower.
+typedef float V8f __attribute__((vector_size(32)));
+typedef double V8d __attribute__((vector_size(64)));
+
+static inline V8d load8(const float* p) {
+  V8f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, V8d);
+}
+static inline V8d load_lanes(const double* p) {
+  V8d v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void store_lanes(double* p, V8d v) { __builtin_memcpy(p, &v, sizeof(v)); }
+static inline V8d splat8(double v) { return V8d{v, v, v, v, v, v, v, v}; }
+
+static inline void stats_lanes(double* __restrict a1, double* __restrict a2, const float* __restrict x,
+                               int64_t n, double shift) {
+  int64_t i = 0;
+  V8d s1a = load_lanes(a1), s1b = load_lanes(a1 + 8), s2a = load_lanes(a2), s2b = load_lanes(a2 + 8);
+  const V8d sh = splat8(shift);
+  for (; i + kLanes <= n; i += kLanes) {
+    gbn_stats_add(load8(x + i), sh, &s1a, &s2a);
+    gbn_stats_add(load8(x + i + 8), sh, &s1b, &s2b);
+  }
+  store_lanes(a1, s1a), store_lanes(a1 + 8, s1b), store_lanes(a2, s2a), store_lanes(a2 + 8, s2b);
+  for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(x[i + j]), shift, &a1[j], &a2[j]);
+}
+
+template <typename T>
+void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, double shift,
+                    double* s1, double* s2) {
+  double a1[kLanes] = {};
+  double a2[kLanes] = {};
+  float buf[kBlock];
+  for (int64_t p = 0; p < num_planes; ++p) {
+    const T* plane = x + p * stride;
+    for (int64_t b = 0; b < s; b += kBlock) {
+      const int64_t len = s - b < kBlock ? s - b : kBlock;
+      stats_lanes(a1, a2, in_f32(plane + b, buf, len), len, shift);
+    }
+  }
+  *s1 += combine(a1);
+  *s2 += combine(a2);
+}
+
+static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
+                             const double* __restrict shift, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
+}
+
+template <typename T>
+void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  float buf[kBlock];
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const T* row = x + r * c;
+    for (int64_t b = 0; b < c; b += kBlock) {
+      const int64_t len = c - b < kBlock ? c - b : kBlock;
+      stats_row(s1 + b, s2 + b, in_f32(row + b, buf, len), shift + b, len);
+    }
+  }
+}
+
+// ---- normalize --------------------------------------------------------------------------------
+
+static inline void apply_scalar(float* __restrict y, const float* __restrict x, int64_t n, float hi, float lo,
+                                float alpha, float beta) {
+  for (int64_t i = 0; i < n; ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
+}
+
+template <typename T>
+void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha, float beta) {
+  float xb[kBlock];
+  float yb[kBlock];
+  for (int64_t b = 0; b < s; b += kBlock) {
+    const int64_t len = s - b < kBlock ? s - b : kBlock;
+    float* out = out_f32(y + b, yb);
+    apply_scalar(out, in_f32(x + b, xb, len), len, hi, lo, alpha, beta);
+    flush(y + b, out, len);
+  }
+}
+
+static inline void apply_vec(float* __restrict y, const float* __restrict x, int64_t n,
+                             const float* __restrict hi, const float* __restrict lo,
+                             const float* __restrict alpha, const float* __restrict beta) {
+  for (int64_t j = 0; j < n; ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
+}
+
+template <typename T>
+void apply_rows_t(const T* x, T* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
+                  const float* alpha, const float* beta) {
+  float xb[kBlock];
+  float yb[kBlock];
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t b = 0; b < c; b += kBlock) {
+      const int64_t len = c - b < kBlock ? c - b : kBlock;
+      T* yr = y + r * c + b;
+      float* out = out_f32(yr, yb);
+      apply_vec(out, in_f32(x + r * c + b, xb, len), len, hi + b, lo + b, alpha + b, beta + b);
+      flush(yr, out, len);
+    }
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const float* __restrict dy,
+                             const float* __restrict x, int64_t n, double hi, double lo) {
+  int64_t i = 0;
+  V8d s1a = load_lanes(a1), s1b = load_lanes(a1 + 8), s2a = load_lanes(a2), s2b = load_lanes(a2 + 8);
+  const V8d vhi = splat8(hi);
+  const V8d vlo = splat8(lo);
+  for (; i + kLanes <= n; i += kLanes) {
+    gbn_backward_add(load8(dy + i), load8(x + i), vhi, vlo, &s1a, &s2a);
+    gbn_backward_add(load8(dy + i + 8), load8(x + i + 8), vhi, vlo, &s1b, &s2b);
+  }
+  store_lanes(a1, s1a), store_lanes(a1 + 8, s1b), store_lanes(a2, s2a), store_lanes(a2 + 8, s2b);
+  for (int j = 0; i + j < n; ++j) {
+    gbn_backward_add(static_cast<double>(dy[i + j]), static_cast<double>(x[i + j]), hi, lo, &a1[j], &a2[j]);
+  }
+}
+
+template <typename T>
+void bwd_reduce_planes_t(const T* dy, const T* x, int64_t stride, int64_t num_planes, int64_t s,
+                         float hi, float lo, double* sdy, double* sdyx) {
+  double a1[kLanes] = {};
+  double a2[kLanes] = {};
+  float gb[kBlock];
+  float xb[kBlock];
+  for (int64_t p = 0; p < num_planes; ++p) {
+    for (int64_t b = 0; b < s; b += kBlock) {
+      const int64_t len = s - b < kBlock ? s - b : kBlock;
+      const int64_t off = p * stride + b;
+      bwd_lanes(a1, a2, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), len, static_cast<double>(hi),
+                static_cast<double>(lo));
+    }
+  }
+  *sdy += combine(a1);
+  *sdyx += combine(a2);
+}
+
+static inline void bwd_row(double* __restrict s1, double* __restrict s2, const float* __restrict dy,
+                           const float* __restrict x, const float* __restrict hi, const float* __restrict lo,
+                           int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    gbn_backward_add(static_cast<double>(dy[j]), static_cast<double>(x[j]), static_cast<double>(hi[j]),
+                     static_cast<double>(lo[j]), &s1[j], &s2[j]);
+  }
+}
+
+template <typename T>
+void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi,
+                       const float* lo, double* sdy, double* sdyx) {
+  float gb[kBlock];
+  float xb[kBlock];
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t b = 0; b < c; b += kBlock) {
+      const int64_t len = c - b < kBlock ? c - b : kBlock;
+      const int64_t off = r * c + b;
+      bwd_row(sdy + b, sdyx + b, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), hi + b, lo + b, len);
+    }
+  }
+}
+
+static inline void bwd_apply_scalar(float* __restrict dx, const float* __restrict dy,
+                                    const float* __restrict x, int64_t n, float hi, float lo, float mdy,
+                                    float k, float a) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
+}
+
+template <typename T>
+void bwd_apply_plane_t(const T* dy, const T* x, T* dx, int64_t s, float hi, float lo, float mdy, float k,
+                       float a) {
+  float gb[kBlock];
+  float xb[kBlock];
+  float ob[kBlock];
+  for (int64_t b = 0; b < s; b += kBlock) {
+    const int64_t len = s - b < kBlock ? s - b : kBlock;
+    float* out = out_f32(dx + b, ob);
+    bwd_apply_scalar(out, in_f32(dy + b, gb, len), in_f32(x + b, xb, len), len, hi, lo, mdy, k, a);
+    flush(dx + b, out, len);
+  }
+}
+
+static inline void bwd_apply_vec(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
+                                 int64_t n, const float* __restrict hi, const float* __restrict lo,
+                                 const float* __restrict mdy, const float* __restrict k,
+                                 const float* __restrict a) {
+  for (int64_t j = 0; j < n; ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
+}
+
+template <typename T>
+void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t c, const float* hi,
+                      const float* lo, const float* mdy, const float* k, const float* a) {
+  float gb[kBlock];
+  float xb[kBlock];
+  float ob[kBlock];
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t b = 0; b < c; b += kBlock) {
+      const int64_t len = c - b < kBlock ? c - b : kBlock;
+      const int64_t off = r * c + b;
+      float* out = out_f32(dx + off, ob);
+      bwd_apply_vec(out, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), len, hi + b, lo + b, mdy + b,
+                    k + b, a + b);
+      flush(dx + off, out, len);
+    }
+  }
+}
+
+// ---- dtype dispatch ---------------------------------------------------------------------------
+
+#define PLAYBOOK_GBN_DISPATCH(dtype, T, ...)   \
+  switch (dtype) {                             \
+    case DType::kFloat32: {                    \
+      using T = float;                         \
+      __VA_ARGS__;                             \
+      break;                                   \
+    }                                          \
+    case DType::kBFloat16: {                   \
+      using T = Bf16;                          \
+      __VA_ARGS__;                             \
+      break;                                   \
+    }                                          \
+    case DType::kFloat16: {                    \
+      using T = _Float16;                      \
+      __VA_ARGS__;                             \
+      break;                                   \
+    }                                          \
+  }
+
+void stats_planes(const void* x, int64_t stride, int64_t num_planes, int64_t s, DType dtype, double shift,
+                  double* s1, double* s2) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_planes_t(static_cast<const T*>(x), stride, num_planes, s, shift, s1, s2))
+}
+
+void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
+                double* s2) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
+}
+
+void apply_plane(const void* x, void* y, int64_t s, DType dtype, float hi, float lo, float alpha, float beta) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, apply_plane_t(static_cast<const T*>(x), static_cast<T*>(y), s, hi, lo, alpha, beta))
+}
+
+void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype, const float* hi,
+                const float* lo, const float* alpha, const float* beta) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        apply_rows_t(static_cast<const T*>(x), static_cast<T*>(y), num_rows, c, hi, lo, alpha, beta))
+}
+
+void bwd_reduce_planes(const void* dy, const void* x, int64_t stride, int64_t num_planes, int64_t s,
+                       DType dtype, float hi, float lo, double* sdy, double* sdyx) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_reduce_planes_t(static_cast<const T*>(dy), static_cast<const T*>(x), stride,
+                                            num_planes, s, hi, lo, sdy, sdyx))
+}
+
+void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
+                     const float* hi, const float* lo, double* sdy, double* sdyx) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_reduce_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c,
+                                          hi, lo, sdy, sdyx))
+}
+
+void bwd_apply_plane(const void* dy, const void* x, void* dx, int64_t s, DType dtype, float hi, float lo,
+                     float mdy, float k, float a) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_apply_plane_t(static_cast<const T*>(dy), static_cast<const T*>(x),
+                                          static_cast<T*>(dx), s, hi, lo, mdy, k, a))
+}
+
+void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, int64_t c, DType dtype,
+                    const float* hi, const float* lo, const float* mdy, const float* k, const float* a) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_apply_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x),
+                                         static_cast<T*>(dx), num_rows, c, hi, lo, mdy, k, a))
+}
+
+#undef PLAYBOOK_GBN_DISPATCH
+
+}  // namespace
+
+const GhostBNKernels& ghost_bn_kernels() {
+  static const GhostBNKernels table{stats_planes,      stats_rows,      apply_plane,     apply_rows,
+                                    bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows};
+  return table;
+}
+
+}  // namespace PLAYBOOK_CPU_ISA
+}  // namespace cpu
+}  // namespace playbook

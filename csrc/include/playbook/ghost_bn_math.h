@@ -1,0 +1,90 @@
+// playbook/ghost_bn_math.h: the per-element and per-(ghost batch, channel) formulas of ghost batch
+// norm, defined once for the CPU kernels, the CUDA kernels and the host launch emulator
+// (NOTE: [Ghost batch norm numerics] and NOTE: [Two-float mean] in playbook/ghost_bn.h).
+//
+// Included INSIDE a namespace by its users (the CPU kernel files include it in their ISA
+// namespace, NOTE: [SIMD dispatch] in csrc/cpu/kernels.h), so it includes nothing but
+// host_device.h, and every function is `static inline` (internal linkage: no copy is shared
+// between SIMD levels). Include <cmath> before it. Rounding is the same on every path: the CPU
+// builds with -ffp-contract=off and nvcc with --fmad=false, so no multiply-add is fused.
+#include "playbook/host_device.h"
+
+// y = (x - mean) * alpha + beta with mean = hi + lo, alpha = invstd * weight.
+static inline PLAYBOOK_HOST_DEVICE float gbn_normalize(float x, float hi, float lo, float alpha, float beta) {
+  return ((x - hi) - lo) * alpha + beta;
+}
+
+// dx = (dy - mean(dy) - (x - mean) * k) * a, k = invstd^2 * sum(dy * (x - mean)) / m,
+// a = invstd * weight.
+static inline PLAYBOOK_HOST_DEVICE float gbn_grad_input(float dy, float x, float hi, float lo, float mdy, float k,
+                                                        float a) {
+  return ((dy - mdy) - ((x - hi) - lo) * k) * a;
+}
+
+// Adds one element to the shifted sums s1 = sum(x - shift), s2 = sum((x - shift)^2). D is double,
+// or (CPU kernels) a vector of doubles: the same operations lane by lane.
+template <typename D>
+static inline PLAYBOOK_HOST_DEVICE void gbn_stats_add(D x, D shift, D* s1, D* s2) {
+  const D d = x - shift;
+  *s1 += d;
+  *s2 += d * d;
+}
+
+// Adds one element to the backward sums sdy = sum(dy), sdyx = sum(dy * (x - mean)).
+template <typename D>
+static inline PLAYBOOK_HOST_DEVICE void gbn_backward_add(D dy, D x, D hi, D lo, D* sdy, D* sdyx) {
+  *sdy += dy;
+  *sdyx += dy * ((x - hi) - lo);
+}
+
+// Mean and sum of squared deviations m2 of m elements from their shifted sums.
+static inline PLAYBOOK_HOST_DEVICE void gbn_moments(double shift, double s1, double s2, double m, double* mean,
+                                                    double* m2) {
+  double d = s2 - s1 * s1 / m;
+  if (d < 0.0) d = 0.0;  // rounding; NaN stays NaN
+  *mean = shift + s1 / m;
+  *m2 = d;
+}
+
+// Chan et al.'s merge of (count, mean, m2) b into a.
+static inline PLAYBOOK_HOST_DEVICE void gbn_merge(double* n_a, double* mean_a, double* m2_a, double n_b, double mean_b,
+                                                  double m2_b) {
+  const double n = *n_a + n_b;
+  if (n_b == 0.0) return;
+  const double delta = mean_b - *mean_a;
+  *mean_a += delta * (n_b / n);
+  *m2_a += m2_b + delta * delta * (*n_a * n_b / n);
+  *n_a = n;
+}
+
+// Saved statistics of m elements: the two-float mean and invstd = 1 / sqrt(m2 / m + eps).
+static inline PLAYBOOK_HOST_DEVICE void gbn_save(double mean, double m2, double m, double eps, float* hi, float* lo,
+                                                 float* invstd) {
+  const float h = static_cast<float>(mean);
+  *hi = h;
+  *lo = static_cast<float>(mean - static_cast<double>(h));
+  *invstd = static_cast<float>(1.0 / sqrt(m2 / m + eps));
+}
+
+// One EMA step of a running stat with factor f.
+static inline PLAYBOOK_HOST_DEVICE float gbn_ema(float running, double value, double f) {
+  return static_cast<float>((1.0 - f) * static_cast<double>(running) + f * value);
+}
+
+// EMA factor of ghost batch g: momentum, or the cumulative average 1 / (tracked + g + 1) when
+// momentum < 0 (nn.BatchNorm's momentum=None).
+static inline PLAYBOOK_HOST_DEVICE double gbn_ema_factor(double momentum, long long tracked, long long g) {
+  return momentum < 0.0 ? 1.0 / static_cast<double>(tracked + g + 1) : momentum;
+}
+
+// Unbiased variance of m elements (m = 1 gives 0/0 = NaN; the Python layer refuses that case).
+static inline PLAYBOOK_HOST_DEVICE double gbn_unbiased(double m2, double m) { return m2 / (m - 1.0); }
+
+// Per-(ghost batch, channel) coefficients of gbn_grad_input.
+static inline PLAYBOOK_HOST_DEVICE void gbn_grad_coefs(double sdy, double sdyx, float invstd, float weight, double m,
+                                                       float* mdy, float* k, float* a) {
+  const double is = static_cast<double>(invstd);
+  *mdy = static_cast<float>(sdy / m);
+  *k = static_cast<float>(is * is * sdyx / m);
+  *a = static_cast<float>(is * static_cast<double>(weight));
+}
