@@ -3,11 +3,12 @@
 //
 // NOTE: [CUDA numerics]
 // Math is fp32 (opmath_t) whatever the storage dtype; bf16/fp16 are widened on load and rounded
-// to nearest-even on store. The element formulas are written with the same operation order as
-// the CPU kernels (csrc/cpu/kernels/*.cpp, compiled with -ffp-contract=off) and the target is
-// compiled with --fmad=false (CMakeLists.txt), so an update computes the same bits on both paths
-// given the same per-tensor coefficients (those come from double pow, where CUDA's libdevice and
-// the host libm may differ in the last bit before the cast to fp32).
+// to nearest-even on store. The element formulas and per-tensor coefficients are the CPU
+// kernels' own code (csrc/include/playbook/math/*.h, compiled for host and device; the CPU side
+// with -ffp-contract=off) and the target is compiled with --fmad=false (CMakeLists.txt), so an
+// update computes the same bits on both paths given the same coefficients (those come from double
+// pow, where CUDA's libdevice and the host libm may differ in the last bit before the cast to
+// fp32). tests/cuda_emu runs these kernels on the host and checks it.
 #pragma once
 
 #include <cuda_bf16.h>

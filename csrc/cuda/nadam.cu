@@ -74,6 +74,16 @@ struct NAdamFunctor {
   __device__ void operator()(const TensorListMeta<kNAdamDepth>& meta, int tensor, int chunk) {
     set_scalars(*static_cast<const float*>(meta.ptrs[kStepIdx][tensor]),
                 *static_cast<const float*>(meta.ptrs[kMuProductIdx][tensor]));
+    // The variant is fixed for the launch: branch once per chunk, not per element.
+    if (a.playbook_variant) {
+      update_chunk<true>(meta, tensor, chunk);
+    } else {
+      update_chunk<false>(meta, tensor, chunk);
+    }
+  }
+
+  template <bool kPlaybook>
+  __device__ void update_chunk(const TensorListMeta<kNAdamDepth>& meta, int tensor, int chunk) {
     T* p = chunk_ptr<T>(meta, kParamIdx, tensor, chunk);
     const T* g = chunk_ptr<const T>(meta, kGradIdx, tensor, chunk);
     float* m = chunk_ptr<float>(meta, kExpAvgIdx, tensor, chunk);
@@ -81,7 +91,6 @@ struct NAdamFunctor {
     const int64_t n = chunk_numel(meta.numel[tensor], chunk);
     const bool aligned = is_vector_aligned<T>(p) && is_vector_aligned<T>(g) &&
                          is_vector_aligned<float>(m) && is_vector_aligned<float>(v);
-    const bool playbook_variant = a.playbook_variant;
     for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n;
          i += static_cast<int64_t>(kBlockSize) * kILP) {
       opmath_t rp[kILP], rg[kILP], rm[kILP], rv[kILP];
@@ -92,11 +101,7 @@ struct NAdamFunctor {
 #pragma unroll
       for (int j = 0; j < kILP; ++j) {
         // The element math: playbook/math/nadam.h, shared with the CPU kernels.
-        if (playbook_variant) {
-          math::nadam_element<true>(rp[j], rg[j], rm[j], rv[j], c, s);
-        } else {
-          math::nadam_element<false>(rp[j], rg[j], rm[j], rv[j], c, s);
-        }
+        math::nadam_element<kPlaybook>(rp[j], rg[j], rm[j], rv[j], c, s);
       }
       store_ilp(p, i, n, aligned, rp);
       store_ilp(m, i, n, aligned, rm);

@@ -194,6 +194,11 @@ double emu_sumsq(std::vector<TensorDesc> grads, std::vector<double>* per_tensor)
 
 }  // namespace emu_test
 
+namespace emu_selftest {
+void run_partial_mask(int* out);
+void run_exited_lane(int* out);
+}  // namespace emu_selftest
+
 int main(int argc, char** argv) {
   using namespace emu_test;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // failures are printed before any crash
@@ -203,6 +208,14 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--quick") {
       ctx.quick = true;
+    } else if (a == "--expect-abort" && i + 1 < argc) {
+      // Misuse that must abort the run (test_cuda_emu.py checks the exit and the message).
+      const std::string which = argv[++i];
+      int out[32] = {0};
+      if (which == "partial-mask") emu_selftest::run_partial_mask(out);
+      if (which == "exited-lane") emu_selftest::run_exited_lane(out);
+      std::printf("no abort for '%s'\n", which.c_str());
+      return 0;
     } else if (a == "--list") {
       for (const Family& f : families()) std::printf("%s\n", f.name);
       return 0;

@@ -81,3 +81,14 @@ def test_family(emu_binary, family):
     cases, checks, failures, launches = map(int, m.groups())
     # Never a vacuous pass: cases ran, checks were made, kernels were launched.
     assert cases > 0 and checks > 0 and launches > 0 and failures == 0, out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("partial-mask", r"__shfl_down_sync in kernel .* with mask 0x0000ffff"),
+     ("exited-lane", r"(only 31 of 32 lanes of warp 0 are alive|returned while .* lanes of its warp wait)")],
+)
+def test_emulator_aborts_on_warp_misuse(emu_binary, case, message):
+    res = _run([emu_binary, "--expect-abort", case], env=_env(), timeout=600)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert re.search(message, res.stderr), res.stderr
