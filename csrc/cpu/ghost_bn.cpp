@@ -421,15 +421,7 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
 
 void ghost_bn_param_grads(int64_t G, int64_t C, const double* sdy, const double* sdyx, const float* save_invstd,
                           float* grad_weight, float* grad_bias) {
-  for (int64_t c = 0; c < C; ++c) {
-    double gw = 0.0, gb = 0.0;
-    for (int64_t g = 0; g < G; ++g) {
-      gw += sdyx[g * C + c] * static_cast<double>(save_invstd[g * C + c]);
-      gb += sdy[g * C + c];
-    }
-    if (grad_weight != nullptr) grad_weight[c] = static_cast<float>(gw);
-    if (grad_bias != nullptr) grad_bias[c] = static_cast<float>(gb);
-  }
+  for (int64_t c = 0; c < C; ++c) gbn_param_grad(G, C, c, sdy, sdyx, save_invstd, grad_weight, grad_bias);
 }
 
 }  // namespace cpu

@@ -250,13 +250,7 @@ __global__ void param_grads_kernel(int64_t G, int64_t C, const double* sdy, cons
                                    const float* save_invstd, float* grad_weight, float* grad_bias) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double gw = 0.0, gb = 0.0;
-  for (int64_t g = 0; g < G; ++g) {
-    gw += sdyx[g * C + c] * static_cast<double>(save_invstd[g * C + c]);
-    gb += sdy[g * C + c];
-  }
-  if (grad_weight != nullptr) grad_weight[c] = static_cast<float>(gw);
-  if (grad_bias != nullptr) grad_bias[c] = static_cast<float>(gb);
+  gbn_param_grad(G, C, c, sdy, sdyx, save_invstd, grad_weight, grad_bias);
 }
 
 // ---- host side --------------------------------------------------------------------------------

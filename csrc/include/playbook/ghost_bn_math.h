@@ -66,6 +66,20 @@ static inline PLAYBOOK_HOST_DEVICE void gbn_save(double mean, double m2, double 
   *invstd = static_cast<float>(1.0 / sqrt(m2 / m + eps));
 }
 
+// grad_weight and grad_bias of channel c: the per-(ghost batch, channel) sums of dy * xhat
+// (sdyx * invstd) and of dy, added over the G ghost batches in order, in double.
+static inline PLAYBOOK_HOST_DEVICE void gbn_param_grad(int64_t G, int64_t C, int64_t c, const double* sdy,
+                                                       const double* sdyx, const float* save_invstd,
+                                                       float* grad_weight, float* grad_bias) {
+  double gw = 0.0, gb = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    gw += sdyx[g * C + c] * static_cast<double>(save_invstd[g * C + c]);
+    gb += sdy[g * C + c];
+  }
+  if (grad_weight != nullptr) grad_weight[c] = static_cast<float>(gw);
+  if (grad_bias != nullptr) grad_bias[c] = static_cast<float>(gb);
+}
+
 // One EMA step of a running stat with factor f.
 static inline PLAYBOOK_HOST_DEVICE float gbn_ema(float running, double value, double f) {
   return static_cast<float>((1.0 - f) * static_cast<double>(running) + f * value);

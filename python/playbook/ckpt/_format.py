@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 import torch
 
+from playbook._process import pid_alive
+
 __all__ = [
     "CorruptCheckpointError",
     "Manifest",
@@ -288,13 +290,6 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(trash)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -310,7 +305,7 @@ def cleanup_stale(directory: Path) -> None:
         if m is None or m.group(3) != _HOST:
             continue
         pid = int(m.group(4))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         kind, target = m.group(1), directory / m.group(2)
         path = Path(entry.path)

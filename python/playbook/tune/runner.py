@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TextIO
 
+from playbook._process import pid_alive
 from playbook.tune.trial import Trial, TrialInfeasible, TrialLost, as_number
 
 if TYPE_CHECKING:
@@ -335,18 +336,6 @@ def _worker_main(
         study._storage.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _worker_state(worker: str | None, live: set[str]) -> str:
     """``"live"`` (a worker of this run), ``"dead"`` (a process of this host that is gone) or
     ``"other"`` (another process or host: alive as far as we can tell)."""
@@ -355,7 +344,7 @@ def _worker_state(worker: str | None, live: set[str]) -> str:
     if worker in live:
         return "live"
     host, _, pid = worker.rpartition(":")
-    if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == _HOST and pid.isdigit() and not pid_alive(int(pid)):
         return "dead"
     return "other"
 
