@@ -9,15 +9,17 @@
 // builds with -ffp-contract=off and nvcc with --fmad=false, so no multiply-add is fused.
 #include "playbook/host_device.h"
 
-// y = (x - mean) * alpha + beta with mean = hi + lo, alpha = invstd * weight.
-static inline PLAYBOOK_HOST_DEVICE float gbn_normalize(float x, float hi, float lo, float alpha, float beta) {
+// y = (x - mean) * alpha + beta with mean = hi + lo, alpha = invstd * weight. F is float, or (CPU
+// kernels) a vector of floats: the same operations lane by lane.
+template <typename F>
+static inline PLAYBOOK_HOST_DEVICE F gbn_normalize(F x, F hi, F lo, F alpha, F beta) {
   return ((x - hi) - lo) * alpha + beta;
 }
 
 // dx = (dy - mean(dy) - (x - mean) * k) * a, k = invstd^2 * sum(dy * (x - mean)) / m,
-// a = invstd * weight.
-static inline PLAYBOOK_HOST_DEVICE float gbn_grad_input(float dy, float x, float hi, float lo, float mdy, float k,
-                                                        float a) {
+// a = invstd * weight. F as in gbn_normalize.
+template <typename F>
+static inline PLAYBOOK_HOST_DEVICE F gbn_grad_input(F dy, F x, F hi, F lo, F mdy, F k, F a) {
   return ((dy - mdy) - ((x - hi) - lo) * k) * a;
 }
 
