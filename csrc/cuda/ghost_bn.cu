@@ -74,6 +74,24 @@ __global__ void __launch_bounds__(kReduceThreads)
   if (tid == 0) gbn_moments(shift, sa[0], sb[0], static_cast<double>(planes * sh.s), &mean[i], &m2[i]);
 }
 
+// Channels-last tile reduction (both kernels below): thread (lane, row) holds a partial pair of
+// channel column `lane`; the thread of row 0 adds the kTileRows pairs of its column in row order.
+// Returns true on the threads that hold a column total. Every thread of the block calls it.
+__device__ inline bool tile_column_sum(double a, double b, double* sa, double* sb, double* ta, double* tb) {
+  const int tid = threadIdx.x;
+  sa[tid] = a;
+  sb[tid] = b;
+  __syncthreads();
+  if (tid >= kTileC) return false;
+  *ta = sa[tid];
+  *tb = sb[tid];
+  for (int k = 1; k < kTileRows; ++k) {
+    *ta += sa[k * kTileC + tid];
+    *tb += sb[k * kTileC + tid];
+  }
+  return true;
+}
+
 // Channels-last: block = (g, tile of kTileC channels); thread (lane, row) sums rows row,
 // row + kTileRows, ... of channel tile * kTileC + lane.
 template <typename T>
@@ -84,7 +102,6 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int64_t g = blockIdx.x / tiles;
   const int64_t c = (blockIdx.x % tiles) * kTileC + threadIdx.x % kTileC;
   const int row = threadIdx.x / kTileC;
-  const int tid = threadIdx.x;
   const int64_t rows = sh.ghost_samples(g) * sh.s;
   const T* base = x + g * sh.vbs * sh.s * sh.c;
   double s1 = 0.0, s2 = 0.0;
@@ -95,15 +112,8 @@ __global__ void __launch_bounds__(kReduceThreads)
       gbn_stats_add(static_cast<double>(to_opmath(base[r * sh.c + c])), shift, &s1, &s2);
     }
   }
-  sa[tid] = s1;
-  sb[tid] = s2;
-  __syncthreads();
-  if (row == 0 && c < sh.c) {
-    double a = sa[tid], b = sb[tid];
-    for (int k = 1; k < kTileRows; ++k) {
-      a += sa[k * kTileC + tid];
-      b += sb[k * kTileC + tid];
-    }
+  double a, b;
+  if (tile_column_sum(s1, s2, sa, sb, &a, &b) && c < sh.c) {
     gbn_moments(shift, a, b, static_cast<double>(rows), &mean[g * sh.c + c], &m2[g * sh.c + c]);
   }
 }
@@ -197,7 +207,6 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int64_t g = blockIdx.x / tiles;
   const int64_t c = (blockIdx.x % tiles) * kTileC + threadIdx.x % kTileC;
   const int row = threadIdx.x / kTileC;
-  const int tid = threadIdx.x;
   const int64_t rows = sh.ghost_samples(g) * sh.s;
   const int64_t base = g * sh.vbs * sh.s * sh.c;
   double a = 0.0, b = 0.0;
@@ -209,15 +218,8 @@ __global__ void __launch_bounds__(kReduceThreads)
       gbn_backward_add(static_cast<double>(to_opmath(dy[e])), static_cast<double>(to_opmath(x[e])), hi, lo, &a, &b);
     }
   }
-  sa[tid] = a;
-  sb[tid] = b;
-  __syncthreads();
-  if (row == 0 && c < sh.c) {
-    double ta = sa[tid], tb = sb[tid];
-    for (int k = 1; k < kTileRows; ++k) {
-      ta += sa[k * kTileC + tid];
-      tb += sb[k * kTileC + tid];
-    }
+  double ta, tb;
+  if (tile_column_sum(a, b, sa, sb, &ta, &tb) && c < sh.c) {
     sdy[g * sh.c + c] = ta;
     sdyx[g * sh.c + c] = tb;
   }
