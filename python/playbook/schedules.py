@@ -21,11 +21,12 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from playbook._validate import step_index
 
 __all__ = [
     "Schedule",
@@ -39,18 +40,6 @@ __all__ = [
 ]
 
 Schedule = Callable[[int], float]
-
-
-def _step(step: Any) -> int:
-    try:
-        if isinstance(step, bool):
-            raise TypeError
-        step = operator.index(step)
-    except TypeError:
-        raise ValueError(f"Invalid step: {step!r}; it needs to be an int >= 0.") from None
-    if step < 0:
-        raise ValueError(f"Invalid step: {step}; it needs to be an int >= 0.")
-    return step
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -68,7 +57,7 @@ def _fraction(value: Any) -> float:
 @dataclass(frozen=True)
 class _Constant:
     def __call__(self, step: int) -> float:
-        _step(step)
+        step_index(step)
         return 1.0
 
 
@@ -78,7 +67,7 @@ class _LinearDecay:
     final_fraction: float = 0.0
 
     def __call__(self, step: int) -> float:
-        t = min(_step(step), self.total_steps)
+        t = min(step_index(step), self.total_steps)
         return 1.0 - (1.0 - self.final_fraction) * t / self.total_steps
 
 
@@ -88,7 +77,7 @@ class _CosineDecay:
     final_fraction: float = 0.0
 
     def __call__(self, step: int) -> float:
-        t = min(_step(step), self.total_steps)
+        t = min(step_index(step), self.total_steps)
         f = self.final_fraction
         return f + (1.0 - f) * (1.0 + math.cos(math.pi * t / self.total_steps)) / 2.0
 
@@ -98,7 +87,7 @@ class _RsqrtDecay:
     timescale: float
 
     def __call__(self, step: int) -> float:
-        return 1.0 / math.sqrt(1.0 + _step(step) / self.timescale)
+        return 1.0 / math.sqrt(1.0 + step_index(step) / self.timescale)
 
 
 @dataclass(frozen=True)
@@ -107,7 +96,7 @@ class _Warmup:
     warmup_steps: int
 
     def __call__(self, step: int) -> float:
-        t = _step(step)
+        t = step_index(step)
         if t < self.warmup_steps:
             return t / self.warmup_steps
         return float(self.fn(t - self.warmup_steps))

@@ -11,7 +11,6 @@ compute instance interruptions". The on-disk format and commit protocol are in
 from __future__ import annotations
 
 import math
-import operator
 import os
 import threading
 import warnings
@@ -20,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
+from playbook._validate import step_index
 from playbook.ckpt import _format
 from playbook.ckpt._format import CorruptCheckpointError, Manifest
 from playbook.ckpt._state import HostCopier, check_weights_only, collect
@@ -45,18 +45,6 @@ def _check_count(name: str, value: Any, allow_none: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Invalid {name}={value!r}: it needs to be an int >= 0{' or None' if allow_none else ''}.")
     return value
-
-
-def _check_step(step: Any) -> int:
-    try:
-        if isinstance(step, bool):
-            raise TypeError
-        step = operator.index(step)
-    except TypeError:
-        raise ValueError(f"Invalid checkpoint step {step!r}: it needs to be an int >= 0.") from None
-    if step < 0:
-        raise ValueError(f"Invalid checkpoint step {step!r}: it needs to be an int >= 0.")
-    return step
 
 
 class CheckpointManager:
@@ -198,7 +186,7 @@ class CheckpointManager:
         return dict(self._manifest(step).metrics)
 
     def _manifest(self, step: int) -> Manifest:
-        step = _check_step(step)
+        step = step_index(step, "checkpoint step")
         path = self.directory / _format.step_dirname(step)
         if not path.is_dir():
             raise ValueError(f"No checkpoint for step {step} in {self.directory}; steps: {self.steps()}.")
@@ -258,7 +246,7 @@ class CheckpointManager:
                 previous save, and this save is not made (call it again).
         """
         self._raise_background_error()
-        step = _check_step(step)
+        step = step_index(step, "checkpoint step")
         values: dict[str, float] = {}
         for name, v in (metrics or {}).items():
             if not isinstance(name, str) or isinstance(v, bool):
@@ -361,7 +349,7 @@ class CheckpointManager:
         """
         self.wait()  # an async save in flight is part of "latest"
         if not isinstance(which, str):
-            m = self._manifest(_check_step(which))
+            m = self._manifest(step_index(which, "checkpoint step"))
             state = self._load(m, map_location)
             self.restored_step = m.step
             return state

@@ -13,11 +13,11 @@ catches it; objectives should let it propagate.
 from __future__ import annotations
 
 import math
-import operator
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from playbook._validate import step_index
 from playbook.tune.storage import Storage
 
 if TYPE_CHECKING:
@@ -230,12 +230,7 @@ class Trial:
                 (the values are stored and the trial is marked infeasible first).
         """
         self._check_running("report")
-        try:
-            if isinstance(step, bool):
-                raise TypeError
-            step = operator.index(step)
-        except TypeError:
-            raise ValueError(f"Trial.report step must be an int, got {step!r}.") from None
+        step = step_index(step, "Trial.report step")
         if not metrics:
             raise ValueError("Trial.report needs at least one metric, e.g. trial.report(step, val_error=0.2).")
         values = {name: _as_float(name, v) for name, v in metrics.items()}
