@@ -529,13 +529,6 @@ void init_ghost_bn(py::module_& m) {
       py::arg("weight"), py::arg("sdy"), py::arg("sdyx"), py::arg("dx"), py::arg("grad_weight"),
       py::arg("grad_bias"), py::arg("num_threads"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def(
-      "ghost_bn_merge",
-      [](int64_t num_rows, int64_t c, int64_t rows, int64_t mean, int64_t m2) {
-        return cpu::ghost_bn_merge(num_rows, c, as_ptr<const double>(rows), as_ptr<double>(mean), as_ptr<double>(m2));
-      },
-      py::arg("num_rows"), py::arg("c"), py::arg("rows"), py::arg("mean"), py::arg("m2"),
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
       "ghost_bn_param_grads",
       [](int device, int64_t num_ghost, int64_t c, int64_t sdy, int64_t sdyx, int64_t save_invstd,
          int64_t grad_weight, int64_t grad_bias, int64_t stream) {

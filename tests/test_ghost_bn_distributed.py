@@ -85,6 +85,12 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             results["indivisible"] = "no error"
         except ValueError as e:
             results["indivisible"] = str(e)
+        # Different per-rank batch sizes within one cross-rank ghost batch are refused on every rank.
+        try:
+            _make(32, 0.1, process_group=dist.group.WORLD)(torch.randn(16 if rank == 0 else 8, 5, 2, 2))
+            results["unequal"] = "no error"
+        except ValueError as e:
+            results["unequal"] = str(e)
         # sync_running_stats: rank-dependent buffers in a BN and a ghost BN, averaged.
         model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), GhostBatchNorm1d(4, virtual_batch_size=2))
         with torch.no_grad():
@@ -149,6 +155,32 @@ def test_per_rank_batch_at_least_vbs_is_local(distributed_results, channels_last
                 assert torch.equal(got[key], value), key
             else:
                 assert got[key] == value
+
+
+@pytest.mark.slow
+def test_unequal_per_rank_batches_are_refused(distributed_results) -> None:
+    for r in distributed_results:
+        assert "same per-rank batch size" in r["unequal"] and "[16, 8]" in r["unequal"]
+
+
+def test_merge_moments_matches_float64_two_pass() -> None:
+    """The cross-rank merge (torch ops, any device) against mean and M2 of the concatenation."""
+    from playbook.nn.ghost_bn import _merge_moments
+
+    gen = torch.Generator().manual_seed(3)
+    c = 7
+    parts = [torch.randn(k, c, generator=gen, dtype=torch.float64) * 3 + 1e4 for k in (5, 12, 1, 9)]
+    rows = [
+        torch.cat([torch.tensor([float(len(p))], dtype=torch.float64), p.mean(0), ((p - p.mean(0)) ** 2).sum(0)])
+        for p in parts
+    ]
+    mean, m2 = _merge_moments(rows, c)
+    whole = torch.cat(parts)
+    torch.testing.assert_close(mean, whole.mean(0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(m2, ((whole - whole.mean(0)) ** 2).sum(0), rtol=1e-10, atol=0)
+    # One row is that row.
+    one_mean, one_m2 = _merge_moments(rows[:1], c)
+    assert torch.equal(one_mean, parts[0].mean(0)) and torch.equal(one_m2, rows[0][1 + c :])
 
 
 @pytest.mark.slow

@@ -335,24 +335,6 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
       });
 }
 
-int64_t ghost_bn_merge(int64_t num_rows, int64_t C, const double* rows, double* mean, double* m2) {
-  PLAYBOOK_CHECK(num_rows >= 1 && C >= 1 && rows != nullptr && mean != nullptr && m2 != nullptr,
-                 "ghost_bn_merge: num_rows=", num_rows, " c=", C);
-  const int64_t stride = 1 + 2 * C;
-  double total = 0.0;
-  for (int64_t c = 0; c < C; ++c) {
-    double n = rows[0], mu = rows[1 + c], d2 = rows[1 + C + c];
-    for (int64_t r = 1; r < num_rows; ++r) {
-      const double* row = rows + r * stride;
-      gbn_merge(&n, &mu, &d2, row[0], row[1 + c], row[1 + C + c]);
-    }
-    mean[c] = mu;
-    m2[c] = d2;
-    total = n;
-  }
-  return static_cast<int64_t>(total);
-}
-
 void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, const float* weight, const float* bias,
                             double eps, double momentum, int64_t num_batches_tracked, float* running_mean,
                             float* running_var, double* mean, double* m2, float* save_mean, float* save_invstd,

@@ -94,10 +94,6 @@ void ghost_bn_backward_apply(const GhostBNShape& shape, const void* dy, const vo
 void ghost_bn_param_grads(int64_t num_ghost, int64_t c, const double* sdy, const double* sdyx,
                           const float* save_invstd, float* grad_weight, float* grad_bias);
 
-// Chan's merge, in row order, of num_rows rows [count, mean[c], m2[c]] (doubles, one per rank of a
-// cross-rank ghost batch) into mean[c], m2[c]; returns the total count.
-int64_t ghost_bn_merge(int64_t num_rows, int64_t c, const double* rows, double* mean, double* m2);
-
 // Single-process training step in one call: stats, finalize (with the running-stat EMA when
 // running_mean is not null) and apply. mean/m2 are [G, C] double scratch.
 void ghost_bn_forward_train(const GhostBNShape& shape, const void* x, void* y, const float* weight,

@@ -48,17 +48,6 @@ static inline PLAYBOOK_HOST_DEVICE void gbn_moments(double shift, double s1, dou
   *m2 = d;
 }
 
-// Chan et al.'s merge of (count, mean, m2) b into a.
-static inline PLAYBOOK_HOST_DEVICE void gbn_merge(double* n_a, double* mean_a, double* m2_a, double n_b, double mean_b,
-                                                  double m2_b) {
-  const double n = *n_a + n_b;
-  if (n_b == 0.0) return;
-  const double delta = mean_b - *mean_a;
-  *mean_a += delta * (n_b / n);
-  *m2_a += m2_b + delta * delta * (*n_a * n_b / n);
-  *n_a = n;
-}
-
 // Saved statistics of m elements: the two-float mean and invstd = 1 / sqrt(m2 / m + eps).
 static inline PLAYBOOK_HOST_DEVICE void gbn_save(double mean, double m2, double m, double eps, float* hi, float* lo,
                                                  float* invstd) {

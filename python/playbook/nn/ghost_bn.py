@@ -132,13 +132,47 @@ def _rank_span(process_group: Any, n: int, vbs: int) -> Optional[tuple[int, int,
     return rank, world, first, min(first + k, world)
 
 
-def _gather_rows(packed: torch.Tensor, process_group: Any, first: int, end: int) -> list[torch.Tensor]:
+def _gather_rows(packed: torch.Tensor, process_group: Any) -> list[torch.Tensor]:
+    """Every rank's ``packed`` (same shape, same device: gloo on the CPU, NCCL on CUDA)."""
     import torch.distributed as dist
 
     world = dist.get_world_size(process_group)
     out = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(out, packed, group=process_group)
-    return out[first:end]
+    return out
+
+
+def _merge_moments(rows: list[torch.Tensor], c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chan et al.'s merge, in rank order, of rows ``[count, mean[c], m2[c]]`` (float64).
+
+    Torch ops on the rows' device (no host read, so NCCL on CUDA needs no synchronization):
+    ``delta = mean_b - mean_a``, ``mean_a += delta * (n_b / n)``,
+    ``m2_a += m2_b + delta * delta * (n_a * n_b / n)`` with ``n = n_a + n_b``.
+    """
+    n, mean, m2 = rows[0][:1], rows[0][1 : 1 + c], rows[0][1 + c :]
+    for row in rows[1:]:
+        n_b, mean_b, m2_b = row[:1], row[1 : 1 + c], row[1 + c :]
+        total = n + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + (m2_b + delta * delta * (n * n_b / total))
+        n = total
+    return mean, m2
+
+
+def _check_equal_counts(rows: list[torch.Tensor], x: torch.Tensor) -> None:
+    """The ranks of a cross-rank ghost batch must have the same per-rank batch (CPU: checked here,
+    on every rank alike since every rank holds every row; CUDA: documented, not checked, because
+    reading the counts would synchronize the host)."""
+    if x.device.type != "cpu":
+        return
+    counts = [int(r[0]) for r in rows]
+    if len(set(counts)) != 1:
+        per_rank = [k // math.prod(x.shape[2:]) for k in counts]
+        raise ValueError(
+            f"GhostBatchNorm with a process_group needs the same per-rank batch size on every rank, "
+            f"got per-rank batch sizes {per_rank}"
+        )
 
 
 class _GhostBatchNormFunction(torch.autograd.Function):
@@ -191,10 +225,14 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         count_last = (lay.n - (G - 1) * local_vbs) * lay.s
         if span is not None:
             # Cross-rank ghost batch: Chan's merge of the ranks' (count, mean, m2) in rank order,
-            # in float64 (counts too: exact to 2**53), in the core (ghost_bn_math.h: gbn_merge).
+            # in float64 (counts too: exact to 2**53), with torch ops on x's device.
             packed = torch.cat([torch.full((1,), float(lay.n * lay.s), **f64), mean.view(-1), m2.view(-1)])
-            rows = torch.stack(_gather_rows(packed, process_group, span[2], span[3]))
-            count = count_last = _C.ghost_bn_merge(len(rows), lay.c, rows.data_ptr(), mean.data_ptr(), m2.data_ptr())
+            rows = _gather_rows(packed, process_group)
+            _check_equal_counts(rows, x)
+            merged_mean, merged_m2 = _merge_moments(rows[span[2] : span[3]], lay.c)
+            mean.view(-1).copy_(merged_mean)
+            m2.view(-1).copy_(merged_m2)
+            count = count_last = lay.n * lay.s * (span[3] - span[2])
             _verify_ghost_size(x, count, vbs)
         _C.ghost_bn_finalize(
             dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count_last, float(eps), mom,
@@ -248,7 +286,7 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         if need_x:
             tot_dy, tot_dyx = sdy, sdyx
             if ctx.span is not None:
-                rows = _gather_rows(torch.cat([sdy.view(-1), sdyx.view(-1)]), ctx.process_group, ctx.span[2], ctx.span[3])
+                rows = _gather_rows(torch.cat([sdy.view(-1), sdyx.view(-1)]), ctx.process_group)[ctx.span[2] : ctx.span[3]]
                 acc = rows[0].clone()
                 for row in rows[1:]:
                     acc += row
@@ -342,10 +380,6 @@ class _GhostBatchNorm(_BatchNorm):
             last = n - (-(-n // vbs) - 1) * vbs
             _verify_ghost_size(input, last * s, last)
         num_ghost = 1 if span is not None else -(-n // vbs)
-        if span is not None and input.device.type != "cpu":
-            raise TypeError(
-                f"GhostBatchNorm with a process_group across ranks runs on the CPU only, got input on {input.device}"
-            )
         if _kernel_ok(input, self.weight, self.bias, running_mean, running_var):
             out = _GhostBatchNormFunction.apply(
                 input, self.weight, self.bias, running_mean, running_var, self.eps, momentum, nbt0, vbs,
@@ -353,8 +387,9 @@ class _GhostBatchNorm(_BatchNorm):
             )  # fmt: skip
         elif span is not None:
             raise TypeError(
-                f"GhostBatchNorm with a process_group needs float32/bfloat16/float16 input on the CPU and "
-                f"float32 parameters, got input {input.dtype} on {input.device}"
+                f"GhostBatchNorm with a process_group needs float32/bfloat16/float16 input on the CPU (or on "
+                f"CUDA in a build with the CUDA kernels) and float32 parameters, got input {input.dtype} on "
+                f"{input.device}"
             )
         else:
             out = _reference_loop(input, running_mean, running_var, self.weight, self.bias, self.eps, momentum, nbt0, vbs)
