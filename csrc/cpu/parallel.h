@@ -1,10 +1,10 @@
-// A small persistent thread pool for the CPU kernels.
+// Parallel loops for the CPU kernels, on OpenMP (NOTE: [CPU threads on OpenMP] in parallel.cpp).
 //
 // NOTE: [CPU threads]
 // The Python layer passes torch.get_num_threads() with every call, so playbook never runs more
-// threads than torch is configured for; torch's own pool is idle while an optimizer step runs, so
-// the two never oversubscribe the cores. Work is split into items (fixed-size chunks of tensors)
-// whose results are stored per item, so every result is independent of the thread count.
+// threads than torch is configured for, on the same OpenMP thread pool as torch's own CPU ops.
+// Work is split into items (fixed-size chunks of tensors) whose results are stored per item, so
+// every result is independent of the thread count.
 #pragma once
 
 #include <cstdint>

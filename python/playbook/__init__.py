@@ -34,6 +34,8 @@ def build_info() -> dict[str, Any]:
         >>> playbook.build_info()["simd"] in ("avx512", "avx2", "portable")
         True
     """
+    import torch  # noqa: F401 - torch's libgomp first: _C shares it (NOTE: [CPU threads on OpenMP])
+
     from playbook import _C
 
     archs = _C.cuda_archs()

@@ -200,6 +200,8 @@ def _torch_devices() -> list[tuple[int, int]] | None:
 
 def cuda_status() -> dict[str, Any]:
     """See :func:`playbook.cuda_status`."""
+    import torch  # noqa: F401 - torch's libgomp first: _C shares it (NOTE: [CPU threads on OpenMP])
+
     from playbook import _C
 
     toolkit = _C.cuda_toolkit_version() if _C.cuda_compiled() else ""
