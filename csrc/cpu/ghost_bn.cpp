@@ -39,6 +39,8 @@ namespace {
 constexpr int64_t kRowBlockElems = 65536;   // elements per channels-last block (partials: 2c doubles each)
 constexpr int64_t kItemElems = 16384;       // elements per elementwise work item (contiguous)
 constexpr int64_t kMinParallelElems = 1 << 15;
+constexpr int64_t kRegionRun = 4096;        // contiguous-layout reductions: elements per sample and region
+constexpr int64_t kFusedElems = 32768;      // fused contiguous backward: elements per region
 
 const GhostBNKernels& gbn_kernels() {
 #ifdef PLAYBOOK_SIMD_X86
@@ -122,19 +124,32 @@ struct RowBlocks {
   }
 };
 
-// Per (ghost batch, channel) double sums a, b over the input(s), by layout. `planes(g, c, a, b)`
-// sums the planes of (g, c); `rows(row0, rows, g, a, b)` sums rows into per-channel partials.
+// Channels per region (NOTE: [Ghost batch norm regions] in kernels/ghost_bn_kernel.cpp): enough
+// for runs of about `run` elements per sample, at most kMaxRegionChannels. Depends on the shape
+// only; results do not depend on it at all (every channel sums its planes in the same order).
+int64_t region_channels(const GhostBNShape& sh, int64_t run) {
+  int64_t cb = (run + sh.s - 1) / sh.s;
+  if (cb > kMaxRegionChannels) cb = kMaxRegionChannels;
+  if (cb > sh.c) cb = sh.c;
+  return cb < 1 ? 1 : cb;
+}
+
+// Per (ghost batch, channel) double sums a, b over the input(s), by layout. `planes(g, c0, nc, a,
+// b)` sums the planes of channels [c0, c0 + nc) of ghost batch g into a[0..nc), b[0..nc); `rows(row0,
+// rows, g, a, b)` sums rows into per-channel partials.
 template <typename Planes, typename Rows>
 void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_b, const Planes& planes,
             const Rows& rows) {
   const int64_t G = sh.num_ghost();
   const int threads = threads_for(sh, num_threads);
   if (!sh.channels_last) {
-    parallel_for(G * sh.c, threads, [&](int64_t i) {
-      double a = 0.0, b = 0.0;
-      planes(i / sh.c, i % sh.c, &a, &b);
-      out_a[i] = a;
-      out_b[i] = b;
+    const int64_t cb = region_channels(sh, kRegionRun);
+    const int64_t blocks = (sh.c + cb - 1) / cb;
+    parallel_for(G * blocks, threads, [&](int64_t i) {
+      const int64_t g = i / blocks;
+      const int64_t c0 = i % blocks * cb;
+      const int64_t nc = sh.c - c0 < cb ? sh.c - c0 : cb;
+      planes(g, c0, nc, out_a + g * sh.c + c0, out_b + g * sh.c + c0);
     });
     return;
   }
@@ -203,9 +218,9 @@ void ghost_bn_stats(const GhostBNShape& sh, const void* x, double* mean, double*
   }
   reduce(
       sh, num_threads, mean, m2,
-      [&](int64_t g, int64_t c, double* a, double* b) {
-        k.stats_planes(at(x, (g * sh.vbs * C + c) * sh.s, sh.dtype), C * sh.s, sh.ghost_samples(g), sh.s,
-                       sh.dtype, shift[g * C + c], a, b);
+      [&](int64_t g, int64_t c0, int64_t nc, double* a, double* b) {
+        k.stats_region(at(x, (g * sh.vbs * C + c0) * sh.s, sh.dtype), C * sh.s, sh.ghost_samples(g), nc, sh.s,
+                       sh.dtype, shift.data() + g * C + c0, a, b);
       },
       [&](int64_t row0, int64_t rows, int64_t g, double* a, double* b) {
         k.stats_rows(at(x, row0 * C, sh.dtype), rows, C, sh.dtype, shift.data() + g * C, a, b);
@@ -286,10 +301,10 @@ void ghost_bn_backward_reduce(const GhostBNShape& sh, const void* dy, const void
   const int64_t C = sh.c;
   reduce(
       sh, num_threads, sdy, sdyx,
-      [&](int64_t g, int64_t c, double* a, double* b) {
-        const int64_t off = (g * sh.vbs * C + c) * sh.s;
-        k.bwd_reduce_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), C * sh.s, sh.ghost_samples(g), sh.s,
-                            sh.dtype, save_mean[g * C + c], save_mean[(G + g) * C + c], a, b);
+      [&](int64_t g, int64_t c0, int64_t nc, double* a, double* b) {
+        const int64_t off = (g * sh.vbs * C + c0) * sh.s;
+        k.bwd_reduce_region(at(dy, off, sh.dtype), at(x, off, sh.dtype), C * sh.s, sh.ghost_samples(g), nc, sh.s,
+                            sh.dtype, save_mean + g * C + c0, save_mean + (G + g) * C + c0, a, b);
       },
       [&](int64_t row0, int64_t rows, int64_t g, double* a, double* b) {
         k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), rows, C, sh.dtype,
@@ -391,26 +406,31 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                               sh.ghost_count(G - 1), dx, num_threads);
     }
   } else {
+    // One item per region (g, channels [c0, c0 + nc)): its sums, then dx over the same region
+    // while it is still in the cache (NOTE: [Ghost batch norm regions]).
     const GhostBNKernels& k = gbn_kernels();
-    parallel_for(G * C, threads_for(sh, num_threads), [&](int64_t i) {
-      const int64_t g = i / C;
-      const int64_t c = i % C;
-      const int64_t first = (g * sh.vbs * C + c) * sh.s;
+    const int64_t cb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+    const int64_t blocks = (C + cb - 1) / cb;
+    parallel_for(G * blocks, threads_for(sh, num_threads), [&](int64_t item) {
+      const int64_t g = item / blocks;
+      const int64_t c0 = item % blocks * cb;
+      const int64_t nc = C - c0 < cb ? C - c0 : cb;
+      const int64_t first = (g * sh.vbs * C + c0) * sh.s;
       const int64_t planes = sh.ghost_samples(g);
-      const float hi = save_mean[i];
-      const float lo = save_mean[G * C + i];
-      double a1 = 0.0, a2 = 0.0;
-      k.bwd_reduce_planes(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, sh.s, sh.dtype, hi, lo,
-                          &a1, &a2);
-      sdy[i] = a1;
-      sdyx[i] = a2;
-      float mdy, kk, a;
-      gbn_grad_coefs(a1, a2, save_invstd[i], weight != nullptr ? weight[c] : 1.f,
-                     static_cast<double>(planes * sh.s), &mdy, &kk, &a);
+      const int64_t i0 = g * C + c0;
+      k.bwd_reduce_region(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype,
+                          save_mean + i0, save_mean + G * C + i0, sdy + i0, sdyx + i0);
+      float mdy[kMaxRegionChannels], kk[kMaxRegionChannels], a[kMaxRegionChannels];
+      for (int64_t j = 0; j < nc; ++j) {
+        gbn_grad_coefs(sdy[i0 + j], sdyx[i0 + j], save_invstd[i0 + j], weight != nullptr ? weight[c0 + j] : 1.f,
+                       static_cast<double>(planes * sh.s), &mdy[j], &kk[j], &a[j]);
+      }
       for (int64_t p = 0; p < planes; ++p) {
-        const int64_t off = first + p * C * sh.s;
-        k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype, hi, lo,
-                          mdy, kk, a);
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t off = first + p * C * sh.s + j * sh.s;
+          k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
+                            save_mean[i0 + j], save_mean[G * C + i0 + j], mdy[j], kk[j], a[j]);
+        }
       }
     });
   }

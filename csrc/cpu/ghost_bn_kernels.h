@@ -11,6 +11,8 @@
 namespace playbook {
 namespace cpu {
 
+constexpr int64_t kMaxRegionChannels = 64;
+
 struct GhostBNKernels {
   // Planes (contiguous layout): num_planes planes of s elements, plane p at x + p*stride.
   // s1 += sum(x - shift), s2 += sum((x - shift)^2), accumulated in fixed lanes.
@@ -37,6 +39,15 @@ struct GhostBNKernels {
   void (*bwd_apply_rows)(const void* dy, const void* x, void* dx, int64_t num_rows, int64_t c,
                          DType dtype, const float* hi, const float* lo, const float* mdy,
                          const float* k, const float* a);
+  // Regions (contiguous layout, NOTE: [Ghost batch norm regions] in ghost_bn_kernel.cpp):
+  // num_samples samples sample_stride elements apart, each with num_channels <= kMaxRegionChannels
+  // consecutive planes of s elements; per channel j, the same sums as stats_planes /
+  // bwd_reduce_planes over its num_samples planes, stored (not added) into s1[j], s2[j].
+  void (*stats_region)(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels,
+                       int64_t s, DType dtype, const double* shift, double* s1, double* s2);
+  void (*bwd_reduce_region)(const void* dy, const void* x, int64_t sample_stride, int64_t num_samples,
+                            int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo,
+                            double* sdy, double* sdyx);
 };
 
 #define PLAYBOOK_DECLARE_GHOST_BN_KERNELS(isa) \

@@ -157,25 +157,50 @@ static inline void stats_lanes(double* __restrict a1, double* __restrict a2, con
   for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(to_float(x[i + j])), shift, &a1[j], &a2[j]);
 }
 
+// Adds one plane of s elements to the lanes a1, a2 (element i to lane i % kLanes).
 template <typename T>
-void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, double shift,
-                    double* s1, double* s2) {
-  double a1[kLanes] = {};
-  double a2[kLanes] = {};
-  float buf[kBlock];
-  for (int64_t p = 0; p < num_planes; ++p) {
-    const T* plane = x + p * stride;
-    if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-      stats_lanes(a1, a2, plane, s, shift);
-      continue;
-    }
+static inline void stats_plane_lanes(double* a1, double* a2, const T* plane, int64_t s, double shift) {
+  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
+    stats_lanes(a1, a2, plane, s, shift);
+  } else {
+    float buf[kBlock];
     for (int64_t b = 0; b < s; b += kBlock) {
       const int64_t len = s - b < kBlock ? s - b : kBlock;
       stats_lanes(a1, a2, in_f32(plane + b, buf, len), len, shift);
     }
   }
+}
+
+template <typename T>
+void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, double shift,
+                    double* s1, double* s2) {
+  double a1[kLanes] = {};
+  double a2[kLanes] = {};
+  for (int64_t p = 0; p < num_planes; ++p) stats_plane_lanes(a1, a2, x + p * stride, s, shift);
   *s1 += combine(a1);
   *s2 += combine(a2);
+}
+
+// NOTE: [Ghost batch norm regions]
+// A region is num_samples samples x num_channels consecutive channels of the contiguous layout,
+// walked in memory order (sample by sample, each sample's planes of the region in channel order):
+// each channel keeps its own lanes, so every channel adds its planes in sample order exactly as
+// stats_planes does (the same bits), while the memory is read as runs of num_channels * s
+// elements instead of single planes C * s elements apart (which the hardware prefetchers follow
+// poorly when s is small).
+template <typename T>
+void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                    const double* shift, double* s1, double* s2) {
+  double a1[kMaxRegionChannels][kLanes] = {};
+  double a2[kMaxRegionChannels][kLanes] = {};
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const T* sample = x + n * sample_stride;
+    for (int64_t j = 0; j < num_channels; ++j) stats_plane_lanes(a1[j], a2[j], sample + j * s, s, shift[j]);
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    s1[j] = 0.0 + combine(a1[j]);
+    s2[j] = 0.0 + combine(a2[j]);
+  }
 }
 
 static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
@@ -257,26 +282,46 @@ static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const
 }
 
 template <typename T>
+static inline void bwd_plane_lanes(double* a1, double* a2, const T* dy, const T* x, int64_t s, float hi, float lo) {
+  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
+    bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
+  } else {
+    float gb[kBlock];
+    float xb[kBlock];
+    for (int64_t b = 0; b < s; b += kBlock) {
+      const int64_t len = s - b < kBlock ? s - b : kBlock;
+      bwd_lanes(a1, a2, in_f32(dy + b, gb, len), in_f32(x + b, xb, len), len, static_cast<double>(hi),
+                static_cast<double>(lo));
+    }
+  }
+}
+
+template <typename T>
 void bwd_reduce_planes_t(const T* dy, const T* x, int64_t stride, int64_t num_planes, int64_t s,
                          float hi, float lo, double* sdy, double* sdyx) {
   double a1[kLanes] = {};
   double a2[kLanes] = {};
-  float gb[kBlock];
-  float xb[kBlock];
-  for (int64_t p = 0; p < num_planes; ++p) {
-    if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-      bwd_lanes(a1, a2, dy + p * stride, x + p * stride, s, static_cast<double>(hi), static_cast<double>(lo));
-      continue;
-    }
-    for (int64_t b = 0; b < s; b += kBlock) {
-      const int64_t len = s - b < kBlock ? s - b : kBlock;
-      const int64_t off = p * stride + b;
-      bwd_lanes(a1, a2, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), len, static_cast<double>(hi),
-                static_cast<double>(lo));
-    }
-  }
+  for (int64_t p = 0; p < num_planes; ++p) bwd_plane_lanes(a1, a2, dy + p * stride, x + p * stride, s, hi, lo);
   *sdy += combine(a1);
   *sdyx += combine(a2);
+}
+
+// The backward sums over a region (NOTE: [Ghost batch norm regions]).
+template <typename T>
+void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels,
+                         int64_t s, const float* hi, const float* lo, double* sdy, double* sdyx) {
+  double a1[kMaxRegionChannels][kLanes] = {};
+  double a2[kMaxRegionChannels][kLanes] = {};
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const int64_t off = n * sample_stride;
+    for (int64_t j = 0; j < num_channels; ++j) {
+      bwd_plane_lanes(a1[j], a2[j], dy + off + j * s, x + off + j * s, s, hi[j], lo[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    sdy[j] = 0.0 + combine(a1[j]);
+    sdyx[j] = 0.0 + combine(a2[j]);
+  }
 }
 
 static inline void bwd_row(double* __restrict s1, double* __restrict s2, const float* __restrict dy,
@@ -453,6 +498,21 @@ void stats_planes(const void* x, int64_t stride, int64_t num_planes, int64_t s, 
   PLAYBOOK_GBN_DISPATCH(dtype, T, stats_planes_t(static_cast<const T*>(x), stride, num_planes, s, shift, s1, s2))
 }
 
+void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                  DType dtype, const double* shift, double* s1, double* s2) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift,
+                                       s1, s2))
+}
+
+void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int64_t num_samples,
+                       int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo, double* sdy,
+                       double* sdyx) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride,
+                                            num_samples, num_channels, s, hi, lo, sdy, sdyx))
+}
+
 void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
                 double* s2) {
   PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
@@ -501,8 +561,9 @@ void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, i
 }  // namespace
 
 const GhostBNKernels& ghost_bn_kernels() {
-  static const GhostBNKernels table{stats_planes,      stats_rows,      apply_plane,     apply_rows,
-                                    bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows};
+  static const GhostBNKernels table{stats_planes,    stats_rows,      apply_plane,       apply_rows,
+                                    bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows,
+                                    stats_region,    bwd_reduce_region};
   return table;
 }
 
