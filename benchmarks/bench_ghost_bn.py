@@ -20,6 +20,12 @@ and dy and writes dx): 6 x element size (fp32 24 B, bf16 12 B). "x floor" = time
 STREAM GB/s); STREAM GB/s is the best of copy and axpy on two 64 MB float32 buffers measured in
 the same run with the same threads, before and after the timed cells (the higher is used).
 
+Allocator: by default (``--malloc retain``) glibc's malloc is told to keep freed memory for reuse
+(``_common.retain_freed_memory``: ``mallopt``), as jemalloc/TCMalloc would; otherwise every step's
+new output and gradient tensors above 32 MB (and, depending on the heap's history, smaller ones)
+are fresh ``mmap`` pages that page-fault on first touch, for torch and playbook alike.
+``--malloc default`` measures glibc as configured.
+
 Targets (issue 8, CPU): playbook <= 1.2x the best nn.BatchNorm layout, >= 2x faster than the split
 loop in the same layout, within 1.5x of the bandwidth floor.
 
@@ -41,7 +47,15 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import env_info, fmt_float, format_table, stream_bandwidth, time_interleaved, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    env_info,
+    fmt_float,
+    format_table,
+    retain_freed_memory,
+    stream_bandwidth,
+    time_interleaved,
+    write_json,
+)
 
 # (label, shape, vbs); the last two run on the GPU only by default.
 SHAPES = [
@@ -110,8 +124,13 @@ def bench_cell(label: str, shape: tuple, vbs: int, dtype_name: str, device: str,
     steps, layouts = {}, {}
     for name, (fn, lay) in _rows(shape, vbs, dtype, device).items():
         fmt = torch.channels_last if lay == "cl" else torch.contiguous_format
-        x = base.contiguous(memory_format=fmt).requires_grad_()
-        dy = dy_base.contiguous(memory_format=fmt)
+        # A fresh leaf per row: base.contiguous() would return base itself for the first NCHW row
+        # and make it require grad, and every channels_last row's x would then be a non-leaf view
+        # whose backward adds a layout-converting copy into base.grad (an artifact that made all
+        # channels_last rows, torch's and playbook's, 2-5x slower before this was fixed).
+        x = base.clone(memory_format=fmt).requires_grad_()
+        assert x.is_leaf and x.is_contiguous(memory_format=fmt)
+        dy = dy_base.clone(memory_format=fmt)
         try:
             _step(fn, x, dy)()  # probe: a row torch cannot run is "n/a"
             steps[name] = _step(fn, x, dy)
@@ -153,6 +172,13 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--repeats", type=int, default=None, help="timed batches per cell; default 7, quick 3")
     ap.add_argument("--target-s", type=float, default=None, help="time per row and cell, seconds; default 0.5, quick 0.1")
+    ap.add_argument(
+        "--malloc",
+        choices=["retain", "default"],
+        default="retain",
+        help="retain: glibc malloc keeps freed memory (no page faults on every step's new tensors, as with "
+        "jemalloc/TCMalloc); default: glibc as configured (_common.retain_freed_memory)",
+    )
     ap.add_argument("--out", default="bench_results/ghost_bn.json", help="JSON output path ('' to skip)")
     return ap.parse_args(argv)
 
@@ -160,6 +186,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    malloc = retain_freed_memory() if args.malloc == "retain" else "default"
+    print(f"malloc: {malloc}")
     timing_kw = {
         "repeats": args.repeats or (3 if args.quick else 7),
         "target_s": args.target_s or (0.1 if args.quick else 0.5),
@@ -204,7 +232,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"\n[{device}] STREAM {s['gbps']:.1f} GB/s (before {s['before']['best_gbps']:.1f}, after {s['after']['best_gbps']:.1f})")
         print(format_table([r for r in results if r["device"] == device], cols))
     if args.out:
-        path = write_json(args.out, {"env": env_info({"timing": timing_kw}), "stream": streams, "rows": results, "failures": failures})
+        path = write_json(args.out, {"env": env_info({"timing": timing_kw, "malloc": malloc}), "stream": streams, "rows": results, "failures": failures})
         print(f"\nJSON: {path}")
     if failures:
         print("FAILED cells:\n  " + "\n  ".join(failures))

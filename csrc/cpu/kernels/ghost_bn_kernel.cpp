@@ -208,8 +208,43 @@ static inline void stats_row(double* __restrict s1, double* __restrict s2, const
   for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
 }
 
+// NOTE: [Ghost batch norm row strips]
+// Row sums take kStripRows rows at a time and, for each run of 8 channels, keep the 8 channels'
+// double sums in registers down those rows (loaded and stored once per strip instead of once per
+// row). Each channel still adds its rows in row order, so the bits are those of the row-by-row
+// loop; the tail channels (c % 8) take that loop. Float data, and bfloat16 where the level widens
+// it in registers (kDirectBf16Reduce); other 16-bit data keeps the fp32 blocks.
+constexpr int64_t kStripRows = 8;
+
+template <typename T>
+constexpr bool kRowVectors = std::is_same<T, float>::value || (kDirectBf16Reduce && std::is_same<T, Bf16>::value);
+
+template <typename T>
+void stats_rows_strips(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  const int64_t c8 = c / 8 * 8;
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
+    const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
+    const T* strip = x + r0 * c;
+    for (int64_t j = 0; j < c8; j += 8) {
+      V8d a1 = load_lanes(s1 + j), a2 = load_lanes(s2 + j);
+      const V8d sh = load_lanes(shift + j);
+      for (int64_t r = 0; r < nr; ++r) gbn_stats_add(load8(strip + r * c + j), sh, &a1, &a2);
+      store_lanes(s1 + j, a1), store_lanes(s2 + j, a2);
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      for (int64_t j = c8; j < c; ++j) {
+        gbn_stats_add(static_cast<double>(to_float(strip[r * c + j])), shift[j], &s1[j], &s2[j]);
+      }
+    }
+  }
+}
+
 template <typename T>
 void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  if constexpr (kRowVectors<T>) {
+    stats_rows_strips(x, num_rows, c, shift, s1, s2);
+    return;
+  }
   float buf[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* row = x + r * c;
@@ -333,9 +368,42 @@ static inline void bwd_row(double* __restrict s1, double* __restrict s2, const f
   }
 }
 
+static inline V8d load8d(const float* p) { return load8(p); }
+
+// The backward row sums by strips (NOTE: [Ghost batch norm row strips]).
+template <typename T>
+void bwd_reduce_rows_strips(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi, const float* lo,
+                            double* sdy, double* sdyx) {
+  const int64_t c8 = c / 8 * 8;
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
+    const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
+    const int64_t base = r0 * c;
+    for (int64_t j = 0; j < c8; j += 8) {
+      V8d a1 = load_lanes(sdy + j), a2 = load_lanes(sdyx + j);
+      const V8d vhi = load8d(hi + j), vlo = load8d(lo + j);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        gbn_backward_add(load8(dy + off), load8(x + off), vhi, vlo, &a1, &a2);
+      }
+      store_lanes(sdy + j, a1), store_lanes(sdyx + j, a2);
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      for (int64_t j = c8; j < c; ++j) {
+        const int64_t off = base + r * c + j;
+        gbn_backward_add(static_cast<double>(to_float(dy[off])), static_cast<double>(to_float(x[off])),
+                         static_cast<double>(hi[j]), static_cast<double>(lo[j]), &sdy[j], &sdyx[j]);
+      }
+    }
+  }
+}
+
 template <typename T>
 void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi,
                        const float* lo, double* sdy, double* sdyx) {
+  if constexpr (kRowVectors<T>) {
+    bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
+    return;
+  }
   float gb[kBlock];
   float xb[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -396,35 +464,6 @@ void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t 
 // AVX-512 level only: at the AVX2 level the 16-lane generic vectors measured 2x slower than the
 // fp32 blocks, which the other levels keep.
 #ifdef __AVX512F__
-
-// Rows: 32 channels at a time, their sums kept in registers down all the rows (each channel still
-// adds its rows in row order), then 8 at a time, then one by one. (The backward row sums keep the
-// fp32 blocks: this order measured slower there.)
-void stats_rows_t(const Bf16* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
-  int64_t j = 0;
-  for (; j + 32 <= c; j += 32) {
-    V8d a1[4], a2[4], sh[4];
-    for (int q = 0; q < 4; ++q) {
-      a1[q] = load_lanes(s1 + j + 8 * q), a2[q] = load_lanes(s2 + j + 8 * q), sh[q] = load_lanes(shift + j + 8 * q);
-    }
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const Bf16* row = x + r * c + j;
-      for (int q = 0; q < 4; ++q) gbn_stats_add(load8(row + 8 * q), sh[q], &a1[q], &a2[q]);
-    }
-    for (int q = 0; q < 4; ++q) store_lanes(s1 + j + 8 * q, a1[q]), store_lanes(s2 + j + 8 * q, a2[q]);
-  }
-  for (; j + 8 <= c; j += 8) {
-    V8d a1 = load_lanes(s1 + j), a2 = load_lanes(s2 + j);
-    const V8d sh = load_lanes(shift + j);
-    for (int64_t r = 0; r < num_rows; ++r) gbn_stats_add(load8(x + r * c + j), sh, &a1, &a2);
-    store_lanes(s1 + j, a1), store_lanes(s2 + j, a2);
-  }
-  for (; j < c; ++j) {
-    for (int64_t r = 0; r < num_rows; ++r) {
-      gbn_stats_add(static_cast<double>(to_float(x[r * c + j])), shift[j], &s1[j], &s2[j]);
-    }
-  }
-}
 
 void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), va = splat16(alpha), vb = splat16(beta);
