@@ -225,7 +225,18 @@ void stats_rows_strips(const T* x, int64_t num_rows, int64_t c, const double* sh
   for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
     const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
     const T* strip = x + r0 * c;
-    for (int64_t j = 0; j < c8; j += 8) {
+    int64_t j = 0;
+    for (; j + 32 <= c8; j += 32) {  // four independent chains per row
+      V8d a1[4], a2[4], sh[4];
+      for (int q = 0; q < 4; ++q) {
+        a1[q] = load_lanes(s1 + j + 8 * q), a2[q] = load_lanes(s2 + j + 8 * q), sh[q] = load_lanes(shift + j + 8 * q);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int q = 0; q < 4; ++q) gbn_stats_add(load8(strip + r * c + j + 8 * q), sh[q], &a1[q], &a2[q]);
+      }
+      for (int q = 0; q < 4; ++q) store_lanes(s1 + j + 8 * q, a1[q]), store_lanes(s2 + j + 8 * q, a2[q]);
+    }
+    for (; j < c8; j += 8) {
       V8d a1 = load_lanes(s1 + j), a2 = load_lanes(s2 + j);
       const V8d sh = load_lanes(shift + j);
       for (int64_t r = 0; r < nr; ++r) gbn_stats_add(load8(strip + r * c + j), sh, &a1, &a2);
@@ -378,7 +389,22 @@ void bwd_reduce_rows_strips(const T* dy, const T* x, int64_t num_rows, int64_t c
   for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
     const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
     const int64_t base = r0 * c;
-    for (int64_t j = 0; j < c8; j += 8) {
+    int64_t j = 0;
+    for (; j + 32 <= c8; j += 32) {  // four independent chains per row
+      V8d a1[4], a2[4], vhi[4], vlo[4];
+      for (int q = 0; q < 4; ++q) {
+        a1[q] = load_lanes(sdy + j + 8 * q), a2[q] = load_lanes(sdyx + j + 8 * q);
+        vhi[q] = load8d(hi + j + 8 * q), vlo[q] = load8d(lo + j + 8 * q);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        for (int q = 0; q < 4; ++q) {
+          gbn_backward_add(load8(dy + off + 8 * q), load8(x + off + 8 * q), vhi[q], vlo[q], &a1[q], &a2[q]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) store_lanes(sdy + j + 8 * q, a1[q]), store_lanes(sdyx + j + 8 * q, a2[q]);
+    }
+    for (; j < c8; j += 8) {
       V8d a1 = load_lanes(sdy + j), a2 = load_lanes(sdyx + j);
       const V8d vhi = load8d(hi + j), vlo = load8d(lo + j);
       for (int64_t r = 0; r < nr; ++r) {
