@@ -461,7 +461,46 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                  "ghost_bn_backward_train: null pointer");
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
-  if (sh.channels_last || dx == nullptr) {
+  const int threads = threads_for(sh, num_threads);
+  if (sh.channels_last && dx != nullptr && sh.ghost_count(0) * C <= kFusedRowElems && G >= 2 * threads) {
+    // One item per cached ghost batch (as in the forward): its row blocks summed and merged
+    // exactly as ghost_bn_backward_reduce does, then dx as ghost_bn_backward_apply (the same bits).
+    const GhostBNKernels& k = gbn_kernels();
+    const RowBlocks blocks(sh);
+    parallel_for(G, threads, [&](int64_t g) {
+      std::vector<double> buf(static_cast<size_t>(4 * C));
+      double* pa = buf.data();
+      double* pb = pa + C;
+      float* mdy = reinterpret_cast<float*>(pb + C);
+      float* kk = mdy + C;
+      float* a = kk + C;
+      const float* hi = save_mean + g * C;
+      const float* lo = save_mean + (G + g) * C;
+      double* ta = sdy + g * C;
+      double* tb = sdyx + g * C;
+      for (int64_t j = 0; j < C; ++j) ta[j] = tb[j] = 0.0;
+      int64_t first_blk, count;
+      blocks.range(g, &first_blk, &count);
+      for (int64_t blk = first_blk; blk < first_blk + count; ++blk) {
+        int64_t gg, row0, nrows;
+        blocks.get(sh, blk, &gg, &row0, &nrows);
+        for (int64_t j = 0; j < 2 * C; ++j) pa[j] = 0.0;
+        k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), nrows, C, sh.dtype, hi, lo, pa, pb);
+        for (int64_t j = 0; j < C; ++j) {
+          ta[j] += pa[j];
+          tb[j] += pb[j];
+        }
+      }
+      const double m = static_cast<double>(sh.ghost_count(g));
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = g * C + c;
+        gbn_grad_coefs(sdy[i], sdyx[i], save_invstd[i], weight != nullptr ? weight[c] : 1.f, m, &mdy[c], &kk[c], &a[c]);
+      }
+      const int64_t off = g * sh.vbs * sh.s * C;
+      k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.ghost_samples(g) * sh.s,
+                       C, sh.dtype, hi, lo, mdy, kk, a);
+    });
+  } else if (sh.channels_last || dx == nullptr) {
     ghost_bn_backward_reduce(sh, dy, x, save_mean, sdy, sdyx, num_threads);
     if (dx != nullptr) {
       ghost_bn_backward_apply(sh, dy, x, save_mean, save_invstd, weight, sdy, sdyx, sh.ghost_count(0),
@@ -473,7 +512,7 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
     const GhostBNKernels& k = gbn_kernels();
     const int64_t cb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
     const int64_t blocks = (C + cb - 1) / cb;
-    parallel_for(G * blocks, threads_for(sh, num_threads), [&](int64_t item) {
+    parallel_for(G * blocks, threads, [&](int64_t item) {
       const int64_t g = item / blocks;
       const int64_t c0 = item % blocks * cb;
       const int64_t nc = C - c0 < cb ? C - c0 : cb;
