@@ -41,7 +41,8 @@ constexpr int64_t kItemElems = 16384;       // elements per elementwise work ite
 constexpr int64_t kMinParallelElems = 1 << 15;
 constexpr int64_t kRegionRun = 4096;        // contiguous-layout reductions: elements per sample and region
 constexpr int64_t kFusedElems = 32768;      // fused contiguous backward: elements per region
-constexpr int64_t kFusedRowElems = 262144;  // fused channels-last forward: largest ghost batch
+constexpr int64_t kFusedRowElems = 262144;  // fused channels-last passes: largest ghost batch
+constexpr int64_t kStreamBytes = int64_t{16} << 20;  // outputs this large use streaming stores
 
 const GhostBNKernels& gbn_kernels() {
 #ifdef PLAYBOOK_SIMD_X86
@@ -50,6 +51,13 @@ const GhostBNKernels& gbn_kernels() {
   if (std::strcmp(level, "avx2") == 0) return avx2::ghost_bn_kernels();
 #endif
   return portable::ghost_bn_kernels();
+}
+
+// Whether the output (y or dx) is written with streaming stores (NOTE: [Ghost batch norm streaming
+// stores] in kernels/ghost_bn_kernel.cpp): float32 outputs of 16 MB or more (measured: 1.1-1.15x
+// faster elementwise passes at 17-67 MB; the caches would not keep such outputs anyway).
+bool stream_output(const GhostBNShape& sh) {
+  return sh.dtype == DType::kFloat32 && sh.n * sh.c * sh.s * dtype_size(sh.dtype) >= kStreamBytes;
 }
 
 int threads_for(const GhostBNShape& sh, int num_threads) {
@@ -183,6 +191,8 @@ void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_
 template <typename Planes, typename Rows>
 void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, const Rows& rows) {
   const int threads = threads_for(sh, num_threads);
+  const bool stream = stream_output(sh);
+  void (*fence)() = gbn_kernels().fence;
   if (!sh.channels_last) {
     const int64_t per_item = kItemElems / sh.s < 1 ? 1 : kItemElems / sh.s;
     const int64_t num_planes = sh.n * sh.c;
@@ -190,6 +200,7 @@ void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, 
       const int64_t p0 = item * per_item;
       const int64_t p1 = p0 + per_item < num_planes ? p0 + per_item : num_planes;
       for (int64_t p = p0; p < p1; ++p) planes(p, (p / sh.c) / sh.vbs, p % sh.c);
+      if (stream) fence();
     });
     return;
   }
@@ -198,6 +209,7 @@ void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, 
     int64_t g, row0, nrows;
     blocks.get(sh, blk, &g, &row0, &nrows);
     rows(row0, nrows, g);
+    if (stream) fence();
   });
 }
 
@@ -279,6 +291,7 @@ void ghost_bn_apply(const GhostBNShape& sh, const void* x, void* y, const float*
   const GhostBNKernels& k = gbn_kernels();
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  const bool stream = stream_output(sh);
   std::vector<float> alpha(static_cast<size_t>(G * C));
   std::vector<float> beta(static_cast<size_t>(G * C));
   for (int64_t g = 0; g < G; ++g) {
@@ -293,11 +306,11 @@ void ghost_bn_apply(const GhostBNShape& sh, const void* x, void* y, const float*
       [&](int64_t p, int64_t g, int64_t c) {
         const int64_t i = g * C + c;
         k.apply_plane(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), sh.s, sh.dtype, save_mean[i],
-                      save_mean[G * C + i], alpha[i], beta[i]);
+                      save_mean[G * C + i], alpha[i], beta[i], stream);
       },
       [&](int64_t row0, int64_t rows, int64_t g) {
         k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), rows, C, sh.dtype,
-                     save_mean + g * C, save_mean + (G + g) * C, alpha.data() + g * C, beta.data() + g * C);
+                     save_mean + g * C, save_mean + (G + g) * C, alpha.data() + g * C, beta.data() + g * C, stream);
       });
 }
 
@@ -333,6 +346,7 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
   const GhostBNKernels& k = gbn_kernels();
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  const bool stream = stream_output(sh);
   std::vector<float> mdy(static_cast<size_t>(G * C));
   std::vector<float> kk(static_cast<size_t>(G * C));
   std::vector<float> a(static_cast<size_t>(G * C));
@@ -350,13 +364,13 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
         const int64_t i = g * C + c;
         const int64_t off = p * sh.s;
         k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
-                          save_mean[i], save_mean[G * C + i], mdy[i], kk[i], a[i]);
+                          save_mean[i], save_mean[G * C + i], mdy[i], kk[i], a[i], stream);
       },
       [&](int64_t row0, int64_t rows, int64_t g) {
         const int64_t off = row0 * C;
         k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), rows, C, sh.dtype,
                          save_mean + g * C, save_mean + (G + g) * C, mdy.data() + g * C, kk.data() + g * C,
-                         a.data() + g * C);
+                         a.data() + g * C, stream);
       });
 }
 
@@ -390,6 +404,7 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
                  "ghost_bn_forward_train: running_mean and running_var must both be given or both be null");
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  const bool stream = stream_output(sh);
   // NOTE: [Ghost batch norm forward passes]: normalizing right after the statistics, while the
   // data is cached, measured slower for the contiguous layout, per (ghost batch, channel) 2x (its
   // planes sit C*s elements apart, a power of two in the usual shapes, so they alias in the
@@ -444,7 +459,8 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     }
     const int64_t row0 = g * sh.vbs * sh.s;
     k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), sh.ghost_samples(g) * sh.s, C, sh.dtype,
-                 save_mean + g * C, save_mean + (G + g) * C, alpha, beta);
+                 save_mean + g * C, save_mean + (G + g) * C, alpha, beta, stream);
+    if (stream) k.fence();
   });
   if (running_mean != nullptr) {
     update_running(G, C, mean, m2, sh.ghost_count(0), sh.ghost_count(G - 1), momentum, num_batches_tracked,
@@ -461,6 +477,7 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                  "ghost_bn_backward_train: null pointer");
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  const bool stream = stream_output(sh);
   const int threads = threads_for(sh, num_threads);
   if (sh.channels_last && dx != nullptr && sh.ghost_count(0) * C <= kFusedRowElems && G >= 2 * threads) {
     // One item per cached ghost batch (as in the forward): its row blocks summed and merged
@@ -498,7 +515,8 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
       }
       const int64_t off = g * sh.vbs * sh.s * C;
       k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.ghost_samples(g) * sh.s,
-                       C, sh.dtype, hi, lo, mdy, kk, a);
+                       C, sh.dtype, hi, lo, mdy, kk, a, stream);
+      if (stream) k.fence();
     });
   } else if (sh.channels_last || dx == nullptr) {
     ghost_bn_backward_reduce(sh, dy, x, save_mean, sdy, sdyx, num_threads);
@@ -530,9 +548,10 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
         for (int64_t j = 0; j < nc; ++j) {
           const int64_t off = first + p * C * sh.s + j * sh.s;
           k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
-                            save_mean[i0 + j], save_mean[G * C + i0 + j], mdy[j], kk[j], a[j]);
+                            save_mean[i0 + j], save_mean[G * C + i0 + j], mdy[j], kk[j], a[j], stream);
         }
       }
+      if (stream) k.fence();
     });
   }
   if (grad_weight != nullptr || grad_bias != nullptr) {

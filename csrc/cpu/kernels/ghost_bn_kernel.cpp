@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -143,6 +143,61 @@ static inline void store16(Bf16* p, V16f f) {
 }
 static inline V16f splat16(float v) { return V16f{} + v; }
 
+// NOTE: [Ghost batch norm streaming stores]
+// float32 outputs much larger than the caches (the driver decides: kStreamBytes in
+// csrc/cpu/ghost_bn.cpp) are written with non-temporal stores where the level has them (AVX2,
+// AVX-512): the same values from the same operations per element (a scalar head up to 32-byte
+// alignment, 8 floats per store, a scalar tail), without first reading every output line into
+// the cache. The driver calls fence() after each work item that streamed. (bfloat16 outputs
+// measured no faster streamed: their passes are bound by the conversions, not the memory.)
+#if defined(__AVX2__)
+constexpr bool kHaveStream = true;
+static inline void stream8(float* p, V8f v) { _mm256_stream_ps(p, reinterpret_cast<__m256>(v)); }
+static inline void fence() { _mm_sfence(); }
+#else
+constexpr bool kHaveStream = false;
+static inline void stream8(float* p, V8f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+static inline void fence() {}
+#endif
+static inline bool aligned32(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 31u) == 0; }
+static inline V8f splat8f(float v) { return V8f{} + v; }
+
+// y = normalize(x) over n floats with streaming stores.
+static inline void apply_stream(float* y, const float* x, int64_t n, float hi, float lo, float alpha, float beta) {
+  int64_t i = 0;
+  for (; i < n && !aligned32(y + i); ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
+  const V8f vhi = splat8f(hi), vlo = splat8f(lo), va = splat8f(alpha), vb = splat8f(beta);
+  for (; i + 8 <= n; i += 8) stream8(y + i, gbn_normalize(load8f(x + i), vhi, vlo, va, vb));
+  for (; i < n; ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
+}
+static inline void apply_stream_vec(float* y, const float* x, int64_t n, const float* hi, const float* lo,
+                                    const float* alpha, const float* beta) {
+  int64_t j = 0;
+  for (; j < n && !aligned32(y + j); ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
+  for (; j + 8 <= n; j += 8) {
+    stream8(y + j, gbn_normalize(load8f(x + j), load8f(hi + j), load8f(lo + j), load8f(alpha + j), load8f(beta + j)));
+  }
+  for (; j < n; ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
+}
+static inline void bwd_apply_stream(float* dx, const float* dy, const float* x, int64_t n, float hi, float lo,
+                                    float mdy, float k, float a) {
+  int64_t i = 0;
+  for (; i < n && !aligned32(dx + i); ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
+  const V8f vhi = splat8f(hi), vlo = splat8f(lo), vm = splat8f(mdy), vk = splat8f(k), va = splat8f(a);
+  for (; i + 8 <= n; i += 8) stream8(dx + i, gbn_grad_input(load8f(dy + i), load8f(x + i), vhi, vlo, vm, vk, va));
+  for (; i < n; ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
+}
+static inline void bwd_apply_stream_vec(float* dx, const float* dy, const float* x, int64_t n, const float* hi,
+                                        const float* lo, const float* mdy, const float* k, const float* a) {
+  int64_t j = 0;
+  for (; j < n && !aligned32(dx + j); ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
+  for (; j + 8 <= n; j += 8) {
+    stream8(dx + j, gbn_grad_input(load8f(dy + j), load8f(x + j), load8f(hi + j), load8f(lo + j), load8f(mdy + j),
+                                   load8f(k + j), load8f(a + j)));
+  }
+  for (; j < n; ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
+}
+
 template <typename T>
 static inline void stats_lanes(double* __restrict a1, double* __restrict a2, const T* __restrict x,
                                int64_t n, double shift) {
@@ -274,7 +329,10 @@ static inline void apply_scalar(float* __restrict y, const float* __restrict x, 
 }
 
 template <typename T>
-void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha, float beta) {
+void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha, float beta, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) return apply_stream(y, x, s, hi, lo, alpha, beta);
+  }
   float xb[kBlock];
   float yb[kBlock];
   for (int64_t b = 0; b < s; b += kBlock) {
@@ -293,7 +351,13 @@ static inline void apply_vec(float* __restrict y, const float* __restrict x, int
 
 template <typename T>
 void apply_rows_t(const T* x, T* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
-                  const float* alpha, const float* beta) {
+                  const float* alpha, const float* beta, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) {
+      for (int64_t r = 0; r < num_rows; ++r) apply_stream_vec(y + r * c, x + r * c, c, hi, lo, alpha, beta);
+      return;
+    }
+  }
   float xb[kBlock];
   float yb[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -449,7 +513,10 @@ static inline void bwd_apply_scalar(float* __restrict dx, const float* __restric
 
 template <typename T>
 void bwd_apply_plane_t(const T* dy, const T* x, T* dx, int64_t s, float hi, float lo, float mdy, float k,
-                       float a) {
+                       float a, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) return bwd_apply_stream(dx, dy, x, s, hi, lo, mdy, k, a);
+  }
   float gb[kBlock];
   float xb[kBlock];
   float ob[kBlock];
@@ -470,7 +537,15 @@ static inline void bwd_apply_vec(float* __restrict dx, const float* __restrict d
 
 template <typename T>
 void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t c, const float* hi,
-                      const float* lo, const float* mdy, const float* k, const float* a) {
+                      const float* lo, const float* mdy, const float* k, const float* a, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) {
+      for (int64_t r = 0; r < num_rows; ++r) {
+        bwd_apply_stream_vec(dx + r * c, dy + r * c, x + r * c, c, hi, lo, mdy, k, a);
+      }
+      return;
+    }
+  }
   float gb[kBlock];
   float xb[kBlock];
   float ob[kBlock];
@@ -491,7 +566,7 @@ void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t 
 // fp32 blocks, which the other levels keep.
 #ifdef __AVX512F__
 
-void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta) {
+void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), va = splat16(alpha), vb = splat16(beta);
   int64_t i = 0;
   for (; i + 16 <= s; i += 16) store16(y + i, gbn_normalize(load16f(x + i), vhi, vlo, va, vb));
@@ -499,7 +574,7 @@ void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float 
 }
 
 void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
-                  const float* alpha, const float* beta) {
+                  const float* alpha, const float* beta, bool) {
   for (int64_t r = 0; r < num_rows; ++r) {
     const Bf16* xr = x + r * c;
     Bf16* yr = y + r * c;
@@ -513,18 +588,20 @@ void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const flo
 }
 
 void bwd_apply_plane_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t s, float hi, float lo, float mdy, float k,
-                       float a) {
+                       float a, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), vm = splat16(mdy), vk = splat16(k), va = splat16(a);
   int64_t i = 0;
+
   for (; i + 16 <= s; i += 16) store16(dx + i, gbn_grad_input(load16f(dy + i), load16f(x + i), vhi, vlo, vm, vk, va));
   for (; i < s; ++i) dx[i] = StoreAs<Bf16>::from(gbn_grad_input(to_float(dy[i]), to_float(x[i]), hi, lo, mdy, k, a));
 }
 
 void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows, int64_t c, const float* hi,
-                      const float* lo, const float* mdy, const float* k, const float* a) {
+                      const float* lo, const float* mdy, const float* k, const float* a, bool) {
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t off = r * c;
     int64_t j = 0;
+
     for (; j + 16 <= c; j += 16) {
       store16(dx + off + j, gbn_grad_input(load16f(dy + off + j), load16f(x + off + j), load16f(hi + j),
                                            load16f(lo + j), load16f(mdy + j), load16f(k + j), load16f(a + j)));
@@ -583,14 +660,17 @@ void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const d
   PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
 }
 
-void apply_plane(const void* x, void* y, int64_t s, DType dtype, float hi, float lo, float alpha, float beta) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, apply_plane_t(static_cast<const T*>(x), static_cast<T*>(y), s, hi, lo, alpha, beta))
+void apply_plane(const void* x, void* y, int64_t s, DType dtype, float hi, float lo, float alpha, float beta,
+                 bool stream) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        apply_plane_t(static_cast<const T*>(x), static_cast<T*>(y), s, hi, lo, alpha, beta, stream))
 }
 
 void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype, const float* hi,
-                const float* lo, const float* alpha, const float* beta) {
+                const float* lo, const float* alpha, const float* beta, bool stream) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        apply_rows_t(static_cast<const T*>(x), static_cast<T*>(y), num_rows, c, hi, lo, alpha, beta))
+                        apply_rows_t(static_cast<const T*>(x), static_cast<T*>(y), num_rows, c, hi, lo, alpha, beta,
+                                     stream))
 }
 
 void bwd_reduce_planes(const void* dy, const void* x, int64_t stride, int64_t num_planes, int64_t s,
@@ -608,17 +688,18 @@ void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c,
 }
 
 void bwd_apply_plane(const void* dy, const void* x, void* dx, int64_t s, DType dtype, float hi, float lo,
-                     float mdy, float k, float a) {
+                     float mdy, float k, float a, bool stream) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
                         bwd_apply_plane_t(static_cast<const T*>(dy), static_cast<const T*>(x),
-                                          static_cast<T*>(dx), s, hi, lo, mdy, k, a))
+                                          static_cast<T*>(dx), s, hi, lo, mdy, k, a, stream))
 }
 
 void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, int64_t c, DType dtype,
-                    const float* hi, const float* lo, const float* mdy, const float* k, const float* a) {
+                    const float* hi, const float* lo, const float* mdy, const float* k, const float* a,
+                    bool stream) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
                         bwd_apply_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x),
-                                         static_cast<T*>(dx), num_rows, c, hi, lo, mdy, k, a))
+                                         static_cast<T*>(dx), num_rows, c, hi, lo, mdy, k, a, stream))
 }
 
 #undef PLAYBOOK_GBN_DISPATCH
@@ -628,7 +709,7 @@ void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, i
 const GhostBNKernels& ghost_bn_kernels() {
   static const GhostBNKernels table{stats_planes,    stats_rows,      apply_plane,       apply_rows,
                                     bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows,
-                                    stats_region,    bwd_reduce_region};
+                                    stats_region,    bwd_reduce_region, fence};
   return table;
 }
 
