@@ -236,6 +236,17 @@ void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, d
   *s2 += combine(a2);
 }
 
+// Prefetches the n elements at p (the next sample's run of a region) into the caches when the
+// run is short (a few KB: the hardware prefetchers ramp up too late on such runs; longer runs
+// measured slightly slower prefetched).
+template <typename T>
+static inline void prefetch_run(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (bytes > 8192) return;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
+
 // NOTE: [Ghost batch norm regions]
 // A region is num_samples samples x num_channels consecutive channels of the contiguous layout,
 // walked in memory order (sample by sample, each sample's planes of the region in channel order):
@@ -250,6 +261,7 @@ void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int6
   double a2[kMaxRegionChannels][kLanes] = {};
   for (int64_t n = 0; n < num_samples; ++n) {
     const T* sample = x + n * sample_stride;
+    if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
     for (int64_t j = 0; j < num_channels; ++j) stats_plane_lanes(a1[j], a2[j], sample + j * s, s, shift[j]);
   }
   for (int64_t j = 0; j < num_channels; ++j) {
@@ -424,6 +436,10 @@ void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t
   double a2[kMaxRegionChannels][kLanes] = {};
   for (int64_t n = 0; n < num_samples; ++n) {
     const int64_t off = n * sample_stride;
+    if (n + 1 < num_samples) {
+      prefetch_run(dy + off + sample_stride, num_channels * s);
+      prefetch_run(x + off + sample_stride, num_channels * s);
+    }
     for (int64_t j = 0; j < num_channels; ++j) {
       bwd_plane_lanes(a1[j], a2[j], dy + off + j * s, x + off + j * s, s, hi[j], lo[j]);
     }
