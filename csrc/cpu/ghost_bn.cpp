@@ -188,8 +188,9 @@ void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_
   }
 }
 
-// Runs fn over the elementwise work items: planes (p0, count) for contiguous, or the row blocks
-// (row0, rows, g) for channels-last.
+// Runs fn over the elementwise work items: for contiguous, runs of consecutive planes of one sample
+// (p0, count, g, c0: planes p0.. of ghost batch g, channels c0..); for channels-last, the row
+// blocks (row0, rows, g).
 template <typename Planes, typename Rows>
 void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, const Rows& rows) {
   const int threads = threads_for(sh, num_threads);
@@ -201,7 +202,12 @@ void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, 
     parallel_for((num_planes + per_item - 1) / per_item, threads, [&](int64_t item) {
       const int64_t p0 = item * per_item;
       const int64_t p1 = p0 + per_item < num_planes ? p0 + per_item : num_planes;
-      for (int64_t p = p0; p < p1; ++p) planes(p, (p / sh.c) / sh.vbs, p % sh.c);
+      for (int64_t p = p0; p < p1;) {
+        const int64_t c0 = p % sh.c;
+        const int64_t count = p1 - p < sh.c - c0 ? p1 - p : sh.c - c0;
+        planes(p, count, (p / sh.c) / sh.vbs, c0);
+        p += count;
+      }
       if (stream) fence();
     });
     return;
@@ -305,10 +311,10 @@ void ghost_bn_apply(const GhostBNShape& sh, const void* x, void* y, const float*
   }
   elementwise(
       sh, num_threads,
-      [&](int64_t p, int64_t g, int64_t c) {
-        const int64_t i = g * C + c;
-        k.apply_plane(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), sh.s, sh.dtype, save_mean[i],
-                      save_mean[G * C + i], alpha[i], beta[i], stream);
+      [&](int64_t p, int64_t count, int64_t g, int64_t c0) {
+        const int64_t i = g * C + c0;
+        k.apply_planes(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), count, sh.s, sh.dtype, save_mean + i,
+                       save_mean + G * C + i, alpha.data() + i, beta.data() + i, stream);
       },
       [&](int64_t row0, int64_t rows, int64_t g) {
         k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), rows, C, sh.dtype,
@@ -362,11 +368,11 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
   }
   elementwise(
       sh, num_threads,
-      [&](int64_t p, int64_t g, int64_t c) {
-        const int64_t i = g * C + c;
+      [&](int64_t p, int64_t count, int64_t g, int64_t c0) {
+        const int64_t i = g * C + c0;
         const int64_t off = p * sh.s;
-        k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
-                          save_mean[i], save_mean[G * C + i], mdy[i], kk[i], a[i], stream);
+        k.bwd_apply_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), count, sh.s, sh.dtype,
+                           save_mean + i, save_mean + G * C + i, mdy.data() + i, kk.data() + i, a.data() + i, stream);
       },
       [&](int64_t row0, int64_t rows, int64_t g) {
         const int64_t off = row0 * C;
@@ -547,11 +553,9 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                        static_cast<double>(planes * sh.s), &mdy[j], &kk[j], &a[j]);
       }
       for (int64_t p = 0; p < planes; ++p) {
-        for (int64_t j = 0; j < nc; ++j) {
-          const int64_t off = first + p * C * sh.s + j * sh.s;
-          k.bwd_apply_plane(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.s, sh.dtype,
-                            save_mean[i0 + j], save_mean[G * C + i0 + j], mdy[j], kk[j], a[j], stream);
-        }
+        const int64_t off = first + p * C * sh.s;
+        k.bwd_apply_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), nc, sh.s, sh.dtype,
+                           save_mean + i0, save_mean + G * C + i0, mdy, kk, a, stream);
       }
       if (stream) k.fence();
     });

@@ -226,16 +226,6 @@ static inline void stats_plane_lanes(double* a1, double* a2, const T* plane, int
   }
 }
 
-template <typename T>
-void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, double shift,
-                    double* s1, double* s2) {
-  double a1[kLanes] = {};
-  double a2[kLanes] = {};
-  for (int64_t p = 0; p < num_planes; ++p) stats_plane_lanes(a1, a2, x + p * stride, s, shift);
-  *s1 += combine(a1);
-  *s2 += combine(a2);
-}
-
 // Prefetches the n elements at p (the next sample's run of a region) into the caches when the
 // run is short (a few KB: the hardware prefetchers ramp up too late on such runs; longer runs
 // measured slightly slower prefetched).
@@ -416,16 +406,6 @@ static inline void bwd_plane_lanes(double* a1, double* a2, const T* dy, const T*
                 static_cast<double>(lo));
     }
   }
-}
-
-template <typename T>
-void bwd_reduce_planes_t(const T* dy, const T* x, int64_t stride, int64_t num_planes, int64_t s,
-                         float hi, float lo, double* sdy, double* sdyx) {
-  double a1[kLanes] = {};
-  double a2[kLanes] = {};
-  for (int64_t p = 0; p < num_planes; ++p) bwd_plane_lanes(a1, a2, dy + p * stride, x + p * stride, s, hi, lo);
-  *sdy += combine(a1);
-  *sdyx += combine(a2);
 }
 
 // The backward sums over a region (NOTE: [Ghost batch norm regions]).
@@ -651,11 +631,6 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
     }                                          \
   }
 
-void stats_planes(const void* x, int64_t stride, int64_t num_planes, int64_t s, DType dtype, double shift,
-                  double* s1, double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_planes_t(static_cast<const T*>(x), stride, num_planes, s, shift, s1, s2))
-}
-
 void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
                   DType dtype, const double* shift, double* s1, double* s2) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
@@ -676,10 +651,12 @@ void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const d
   PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
 }
 
-void apply_plane(const void* x, void* y, int64_t s, DType dtype, float hi, float lo, float alpha, float beta,
-                 bool stream) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        apply_plane_t(static_cast<const T*>(x), static_cast<T*>(y), s, hi, lo, alpha, beta, stream))
+void apply_planes(const void* x, void* y, int64_t num_planes, int64_t s, DType dtype, const float* hi,
+                  const float* lo, const float* alpha, const float* beta, bool stream) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, for (int64_t q = 0; q < num_planes; ++q) {
+    apply_plane_t(static_cast<const T*>(x) + q * s, static_cast<T*>(y) + q * s, s, hi[q], lo[q], alpha[q], beta[q],
+                  stream);
+  })
 }
 
 void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype, const float* hi,
@@ -689,13 +666,6 @@ void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype
                                      stream))
 }
 
-void bwd_reduce_planes(const void* dy, const void* x, int64_t stride, int64_t num_planes, int64_t s,
-                       DType dtype, float hi, float lo, double* sdy, double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_planes_t(static_cast<const T*>(dy), static_cast<const T*>(x), stride,
-                                            num_planes, s, hi, lo, sdy, sdyx))
-}
-
 void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
                      const float* hi, const float* lo, double* sdy, double* sdyx) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
@@ -703,11 +673,12 @@ void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c,
                                           hi, lo, sdy, sdyx))
 }
 
-void bwd_apply_plane(const void* dy, const void* x, void* dx, int64_t s, DType dtype, float hi, float lo,
-                     float mdy, float k, float a, bool stream) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_apply_plane_t(static_cast<const T*>(dy), static_cast<const T*>(x),
-                                          static_cast<T*>(dx), s, hi, lo, mdy, k, a, stream))
+void bwd_apply_planes(const void* dy, const void* x, void* dx, int64_t num_planes, int64_t s, DType dtype,
+                      const float* hi, const float* lo, const float* mdy, const float* k, const float* a, bool stream) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, for (int64_t q = 0; q < num_planes; ++q) {
+    bwd_apply_plane_t(static_cast<const T*>(dy) + q * s, static_cast<const T*>(x) + q * s,
+                      static_cast<T*>(dx) + q * s, s, hi[q], lo[q], mdy[q], k[q], a[q], stream);
+  })
 }
 
 void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, int64_t c, DType dtype,
@@ -723,9 +694,9 @@ void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, i
 }  // namespace
 
 const GhostBNKernels& ghost_bn_kernels() {
-  static const GhostBNKernels table{stats_planes,    stats_rows,      apply_plane,       apply_rows,
-                                    bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows,
-                                    stats_region,    bwd_reduce_region, fence};
+  static const GhostBNKernels table{stats_region,     stats_rows,      apply_planes,    apply_rows,
+                                    bwd_reduce_region, bwd_reduce_rows, bwd_apply_planes, bwd_apply_rows,
+                                    fence};
   return table;
 }
 
