@@ -221,6 +221,19 @@ void elementwise(const GhostBNShape& sh, int num_threads, const Planes& planes, 
   });
 }
 
+// out[j] = element index + j, for j < n (exact widening to double).
+void load_run(const void* base, int64_t index, int64_t n, DType dtype, double* out) {
+  switch (dtype) {
+    case DType::kFloat32: {
+      const float* p = static_cast<const float*>(base) + index;
+      for (int64_t j = 0; j < n; ++j) out[j] = p[j];
+      return;
+    }
+    default:
+      for (int64_t j = 0; j < n; ++j) out[j] = load_one(base, index + j, dtype);
+  }
+}
+
 // Shift K of (ghost batch g, channel c): its first element (NOTE: [Ghost batch norm numerics]).
 double first_of(const GhostBNShape& sh, const void* x, int64_t g, int64_t c) {
   const int64_t first = sh.channels_last ? g * sh.vbs * sh.s * sh.c + c : (g * sh.vbs * sh.c + c) * sh.s;
@@ -252,7 +265,11 @@ void ghost_bn_stats(const GhostBNShape& sh, const void* x, double* mean, double*
   // Shift K per (ghost batch, channel): its first element.
   std::vector<double> shift(static_cast<size_t>(G * C));
   for (int64_t g = 0; g < G; ++g) {
-    for (int64_t c = 0; c < C; ++c) shift[g * C + c] = first_of(sh, x, g, c);
+    if (sh.channels_last) {
+      load_run(x, g * sh.vbs * sh.s * C, C, sh.dtype, shift.data() + g * C);
+    } else {
+      for (int64_t c = 0; c < C; ++c) shift[g * C + c] = first_of(sh, x, g, c);
+    }
   }
   reduce(
       sh, num_threads, mean, m2,
@@ -441,7 +458,7 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     double* pb = pa + C;
     float* alpha = reinterpret_cast<float*>(pb + C);
     float* beta = alpha + C;
-    for (int64_t c = 0; c < C; ++c) shift[c] = first_of(sh, x, g, c);
+    load_run(x, g * sh.vbs * sh.s * C, C, sh.dtype, shift);  // first_of(sh, x, g, c), c < C
     double* a = mean + g * C;
     double* b = m2 + g * C;
     for (int64_t j = 0; j < C; ++j) a[j] = b[j] = 0.0;
@@ -567,7 +584,19 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
 
 void ghost_bn_param_grads(int64_t G, int64_t C, const double* sdy, const double* sdyx, const float* save_invstd,
                           float* grad_weight, float* grad_bias) {
-  for (int64_t c = 0; c < C; ++c) gbn_param_grad(G, C, c, sdy, sdyx, save_invstd, grad_weight, grad_bias);
+  // gbn_param_grad's sums (each channel adds its ghost batches in order, in double), walked ghost
+  // batch by ghost batch so that the [G, C] arrays are read in memory order: the same bits.
+  std::vector<double> gw(static_cast<size_t>(C), 0.0), gb(static_cast<size_t>(C), 0.0);
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < C; ++c) {
+      gw[c] += sdyx[g * C + c] * static_cast<double>(save_invstd[g * C + c]);
+      gb[c] += sdy[g * C + c];
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if (grad_weight != nullptr) grad_weight[c] = static_cast<float>(gw[c]);
+    if (grad_bias != nullptr) grad_bias[c] = static_cast<float>(gb[c]);
+  }
 }
 
 }  // namespace cpu
