@@ -4,10 +4,16 @@
 //
 // NOTE: [Ghost batch norm work split]
 // Work items never depend on the thread count. Contiguous layout: statistics and backward sums
-// are one item per (ghost batch, channel), walking its planes in sample order; elementwise passes
-// are groups of whole planes. Channels-last layout: the rows of each ghost batch are cut into
-// blocks of kRowBlockElems / c rows (never crossing a ghost batch); each block sums into its own
-// partial [2, c] buffer, and the partials of a ghost batch are merged in block order.
+// are one item per region (ghost batch x block of consecutive channels, NOTE: [Ghost batch norm
+// regions] in kernels/ghost_bn_kernel.cpp), read in memory order while every channel still adds
+// its planes in sample order; elementwise passes are groups of whole planes; the backward
+// computes dx of each region right after its sums. Channels-last layout: the rows of each ghost
+// batch are cut into blocks of kRowBlockElems / c rows (never crossing a ghost batch); each block
+// sums into its own partial [2, c] buffer, and the partials of a ghost batch are merged in block
+// order; a ghost batch that fits in the cache is one item from its sums to its output (forward
+// and backward). Which of these paths runs (and the region size, and streaming stores) may
+// depend on the shape and the thread count, never the bits: every path performs the same
+// operations in the same order for each (ghost batch, channel) and each element.
 #include <cmath>
 #include <cstring>
 #include <vector>
