@@ -370,11 +370,23 @@ def test_convert_keeps_mode_requires_grad_and_converts_syncbn() -> None:
     assert y.shape == (8, 3, 2, 2)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_bitwise_independent_of_threads_and_simd_level(channels_last: bool, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    "channels_last, dtype, shape, vbs",
+    [
+        (False, torch.float32, (48, 24, 20, 20), 16),  # large enough for the pool
+        (True, torch.float32, (48, 24, 20, 20), 16),
+        (False, torch.bfloat16, (48, 24, 20, 20), 16),
+        (True, torch.bfloat16, (48, 24, 20, 20), 16),
+        # 8 MB float32: streaming stores at the AVX2/AVX-512 levels, plain stores at the portable one
+        (False, torch.float32, (64, 32, 33, 31), 24),
+        (True, torch.float32, (64, 32, 33, 31), 24),
+        (False, torch.float32, (2048, 1025), 64),  # rows: each cached ghost batch in one pass
+    ],
+)
+def test_bitwise_independent_of_threads_and_simd_level(
+    channels_last: bool, dtype: torch.dtype, shape: tuple[int, ...], vbs: int
+) -> None:
     gen = torch.Generator().manual_seed(4)
-    shape = (48, 24, 20, 20)  # large enough for the pool
     x = _fmt((torch.randn(shape, generator=gen) * 2 + 3).to(dtype), channels_last)
     dy = _fmt(torch.randn(shape, generator=gen).to(dtype), channels_last)
     results = []
@@ -384,7 +396,8 @@ def test_bitwise_independent_of_threads_and_simd_level(channels_last: bool, dtyp
                 continue
             for threads in (1, 2, 3):
                 torch.set_num_threads(threads)
-                bn = GhostBatchNorm2d(24, virtual_batch_size=16)
+                module = GhostBatchNorm2d if len(shape) == 4 else GhostBatchNorm1d
+                bn = module(shape[1], virtual_batch_size=vbs)
                 xg = x.clone().requires_grad_()
                 y = bn(xg)
                 y.backward(dy)

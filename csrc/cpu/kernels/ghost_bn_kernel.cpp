@@ -1,16 +1,18 @@
 // Ghost batch norm inner loops, compiled once per SIMD level (NOTE: [SIMD dispatch] in
 // csrc/cpu/kernels.h; numerics in NOTE: [Ghost batch norm numerics], playbook/ghost_bn.h).
 //
-// Every loop is plain C++ over float arrays that the compiler vectorizes; 16-bit data is widened
-// into fp32 blocks first (NOTE: [16-bit blocks]). Plane sums keep kLanes independent double
-// accumulators (element i of a plane goes to lane i % kLanes; blocks are multiples of kLanes) that
-// are combined in a fixed pairwise order; row sums accumulate per channel in row order. With
-// -ffp-contract=off every level therefore produces the same bits.
+// Loops are plain C++ over float arrays that the compiler vectorizes, or GCC vector types with the
+// same operations per lane; 16-bit data is widened in registers (bfloat16 at the AVX-512 level,
+// NOTE: [Ghost batch norm bf16 vectors]) or into fp32 blocks first (NOTE: [16-bit blocks]). Plane
+// sums keep kLanes independent double accumulators per channel (element i of a plane goes to lane
+// i % kLanes; blocks are multiples of kLanes) that are combined in a fixed pairwise order; row sums
+// accumulate per channel in row order. With -ffp-contract=off every level therefore produces the
+// same bits.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -143,6 +145,61 @@ static inline void store16(Bf16* p, V16f f) {
 }
 static inline V16f splat16(float v) { return V16f{} + v; }
 
+// NOTE: [Ghost batch norm streaming stores]
+// float32 outputs much larger than the caches (the driver decides: kStreamBytes in
+// csrc/cpu/ghost_bn.cpp) are written with non-temporal stores where the level has them (AVX2,
+// AVX-512): the same values from the same operations per element (a scalar head up to 32-byte
+// alignment, 8 floats per store, a scalar tail), without first reading every output line into
+// the cache. The driver calls fence() after each work item that streamed. (bfloat16 outputs
+// measured no faster streamed: their passes are bound by the conversions, not the memory.)
+#if defined(__AVX2__)
+constexpr bool kHaveStream = true;
+static inline void stream8(float* p, V8f v) { _mm256_stream_ps(p, reinterpret_cast<__m256>(v)); }
+static inline void fence() { _mm_sfence(); }
+#else
+constexpr bool kHaveStream = false;
+static inline void stream8(float* p, V8f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+static inline void fence() {}
+#endif
+static inline bool aligned32(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 31u) == 0; }
+static inline V8f splat8f(float v) { return V8f{} + v; }
+
+// y = normalize(x) over n floats with streaming stores.
+static inline void apply_stream(float* y, const float* x, int64_t n, float hi, float lo, float alpha, float beta) {
+  int64_t i = 0;
+  for (; i < n && !aligned32(y + i); ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
+  const V8f vhi = splat8f(hi), vlo = splat8f(lo), va = splat8f(alpha), vb = splat8f(beta);
+  for (; i + 8 <= n; i += 8) stream8(y + i, gbn_normalize(load8f(x + i), vhi, vlo, va, vb));
+  for (; i < n; ++i) y[i] = gbn_normalize(x[i], hi, lo, alpha, beta);
+}
+static inline void apply_stream_vec(float* y, const float* x, int64_t n, const float* hi, const float* lo,
+                                    const float* alpha, const float* beta) {
+  int64_t j = 0;
+  for (; j < n && !aligned32(y + j); ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
+  for (; j + 8 <= n; j += 8) {
+    stream8(y + j, gbn_normalize(load8f(x + j), load8f(hi + j), load8f(lo + j), load8f(alpha + j), load8f(beta + j)));
+  }
+  for (; j < n; ++j) y[j] = gbn_normalize(x[j], hi[j], lo[j], alpha[j], beta[j]);
+}
+static inline void bwd_apply_stream(float* dx, const float* dy, const float* x, int64_t n, float hi, float lo,
+                                    float mdy, float k, float a) {
+  int64_t i = 0;
+  for (; i < n && !aligned32(dx + i); ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
+  const V8f vhi = splat8f(hi), vlo = splat8f(lo), vm = splat8f(mdy), vk = splat8f(k), va = splat8f(a);
+  for (; i + 8 <= n; i += 8) stream8(dx + i, gbn_grad_input(load8f(dy + i), load8f(x + i), vhi, vlo, vm, vk, va));
+  for (; i < n; ++i) dx[i] = gbn_grad_input(dy[i], x[i], hi, lo, mdy, k, a);
+}
+static inline void bwd_apply_stream_vec(float* dx, const float* dy, const float* x, int64_t n, const float* hi,
+                                        const float* lo, const float* mdy, const float* k, const float* a) {
+  int64_t j = 0;
+  for (; j < n && !aligned32(dx + j); ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
+  for (; j + 8 <= n; j += 8) {
+    stream8(dx + j, gbn_grad_input(load8f(dy + j), load8f(x + j), load8f(hi + j), load8f(lo + j), load8f(mdy + j),
+                                   load8f(k + j), load8f(a + j)));
+  }
+  for (; j < n; ++j) dx[j] = gbn_grad_input(dy[j], x[j], hi[j], lo[j], mdy[j], k[j], a[j]);
+}
+
 template <typename T>
 static inline void stats_lanes(double* __restrict a1, double* __restrict a2, const T* __restrict x,
                                int64_t n, double shift) {
@@ -157,25 +214,52 @@ static inline void stats_lanes(double* __restrict a1, double* __restrict a2, con
   for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(to_float(x[i + j])), shift, &a1[j], &a2[j]);
 }
 
+// Adds one plane of s elements to the lanes a1, a2 (element i to lane i % kLanes).
 template <typename T>
-void stats_planes_t(const T* x, int64_t stride, int64_t num_planes, int64_t s, double shift,
-                    double* s1, double* s2) {
-  double a1[kLanes] = {};
-  double a2[kLanes] = {};
-  float buf[kBlock];
-  for (int64_t p = 0; p < num_planes; ++p) {
-    const T* plane = x + p * stride;
-    if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-      stats_lanes(a1, a2, plane, s, shift);
-      continue;
-    }
+static inline void stats_plane_lanes(double* a1, double* a2, const T* plane, int64_t s, double shift) {
+  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
+    stats_lanes(a1, a2, plane, s, shift);
+  } else {
+    float buf[kBlock];
     for (int64_t b = 0; b < s; b += kBlock) {
       const int64_t len = s - b < kBlock ? s - b : kBlock;
       stats_lanes(a1, a2, in_f32(plane + b, buf, len), len, shift);
     }
   }
-  *s1 += combine(a1);
-  *s2 += combine(a2);
+}
+
+// Prefetches the n elements at p (the next sample's run of a region) into the caches when the
+// run is short (a few KB: the hardware prefetchers ramp up too late on such runs; longer runs
+// measured slightly slower prefetched).
+template <typename T>
+static inline void prefetch_run(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (bytes > 8192) return;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
+
+// NOTE: [Ghost batch norm regions]
+// A region is num_samples samples x num_channels consecutive channels of the contiguous layout,
+// walked in memory order (sample by sample, each sample's planes of the region in channel order):
+// each channel keeps its own lanes and adds its planes in sample order, exactly as a walk over
+// that channel's planes alone would (the same bits), while the memory is read as runs of
+// num_channels * s elements instead of single planes C * s elements apart (which the hardware
+// prefetchers follow poorly when s is small; NCHW statistics and backward sums 1.2-1.8x faster).
+template <typename T>
+void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                    const double* shift, double* s1, double* s2) {
+  double a1[kMaxRegionChannels][kLanes] = {};
+  double a2[kMaxRegionChannels][kLanes] = {};
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const T* sample = x + n * sample_stride;
+    if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
+    for (int64_t j = 0; j < num_channels; ++j) stats_plane_lanes(a1[j], a2[j], sample + j * s, s, shift[j]);
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    s1[j] = 0.0 + combine(a1[j]);
+    s2[j] = 0.0 + combine(a2[j]);
+  }
 }
 
 static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
@@ -183,8 +267,68 @@ static inline void stats_row(double* __restrict s1, double* __restrict s2, const
   for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
 }
 
+// NOTE: [Ghost batch norm row strips]
+// Row sums take kStripRows rows at a time and, for each run of 8 channels, keep the 8 channels'
+// double sums in registers down those rows (loaded and stored once per strip instead of once per
+// row). Each channel still adds its rows in row order, so the bits are those of the row-by-row
+// loop; the tail channels (c % 8) take that loop. Float data, and bfloat16 where the level widens
+// it in registers (kDirectBf16Reduce); other 16-bit data keeps the fp32 blocks.
+constexpr int64_t kStripRows = 8;
+
+template <typename T>
+constexpr bool kRowVectors = std::is_same<T, float>::value || (kDirectBf16Reduce && std::is_same<T, Bf16>::value);
+
+// Prefetches, in each of the nr rows (c elements apart) of a strip, the cache line kStripAhead
+// bytes past p: a strip reads 2 x kStripRows rows side by side, more streams than the hardware
+// prefetchers follow when the rows are long (measured: the loads stalled on the last-level cache;
+// 1d (4096, 1024) bf16 backward 1.4x faster).
+constexpr int64_t kStripAhead = 512;
+template <typename T>
+static inline void prefetch_strip(const T* p, int64_t nr, int64_t c) {
+  const char* b = reinterpret_cast<const char*>(p) + kStripAhead;
+  const int64_t row_bytes = c * static_cast<int64_t>(sizeof(T));
+  if (row_bytes < 1024) return;  // short rows: the strip is one sequential run
+  for (int64_t r = 0; r < nr; ++r) __builtin_prefetch(b + r * row_bytes);
+}
+
+template <typename T>
+void stats_rows_strips(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  const int64_t c8 = c / 8 * 8;
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
+    const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
+    const T* strip = x + r0 * c;
+    int64_t j = 0;
+    for (; j + 32 <= c8; j += 32) {  // four independent chains per row
+      prefetch_strip(strip + j, nr, c);
+      V8d a1[4], a2[4], sh[4];
+      for (int q = 0; q < 4; ++q) {
+        a1[q] = load_lanes(s1 + j + 8 * q), a2[q] = load_lanes(s2 + j + 8 * q), sh[q] = load_lanes(shift + j + 8 * q);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int q = 0; q < 4; ++q) gbn_stats_add(load8(strip + r * c + j + 8 * q), sh[q], &a1[q], &a2[q]);
+      }
+      for (int q = 0; q < 4; ++q) store_lanes(s1 + j + 8 * q, a1[q]), store_lanes(s2 + j + 8 * q, a2[q]);
+    }
+    for (; j < c8; j += 8) {
+      V8d a1 = load_lanes(s1 + j), a2 = load_lanes(s2 + j);
+      const V8d sh = load_lanes(shift + j);
+      for (int64_t r = 0; r < nr; ++r) gbn_stats_add(load8(strip + r * c + j), sh, &a1, &a2);
+      store_lanes(s1 + j, a1), store_lanes(s2 + j, a2);
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      for (int64_t j = c8; j < c; ++j) {
+        gbn_stats_add(static_cast<double>(to_float(strip[r * c + j])), shift[j], &s1[j], &s2[j]);
+      }
+    }
+  }
+}
+
 template <typename T>
 void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  if constexpr (kRowVectors<T>) {
+    stats_rows_strips(x, num_rows, c, shift, s1, s2);
+    return;
+  }
   float buf[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* row = x + r * c;
@@ -203,7 +347,10 @@ static inline void apply_scalar(float* __restrict y, const float* __restrict x, 
 }
 
 template <typename T>
-void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha, float beta) {
+void apply_plane_t(const T* x, T* y, int64_t s, float hi, float lo, float alpha, float beta, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) return apply_stream(y, x, s, hi, lo, alpha, beta);
+  }
   float xb[kBlock];
   float yb[kBlock];
   for (int64_t b = 0; b < s; b += kBlock) {
@@ -222,7 +369,13 @@ static inline void apply_vec(float* __restrict y, const float* __restrict x, int
 
 template <typename T>
 void apply_rows_t(const T* x, T* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
-                  const float* alpha, const float* beta) {
+                  const float* alpha, const float* beta, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) {
+      for (int64_t r = 0; r < num_rows; ++r) apply_stream_vec(y + r * c, x + r * c, c, hi, lo, alpha, beta);
+      return;
+    }
+  }
   float xb[kBlock];
   float yb[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -257,26 +410,40 @@ static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const
 }
 
 template <typename T>
-void bwd_reduce_planes_t(const T* dy, const T* x, int64_t stride, int64_t num_planes, int64_t s,
-                         float hi, float lo, double* sdy, double* sdyx) {
-  double a1[kLanes] = {};
-  double a2[kLanes] = {};
-  float gb[kBlock];
-  float xb[kBlock];
-  for (int64_t p = 0; p < num_planes; ++p) {
-    if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-      bwd_lanes(a1, a2, dy + p * stride, x + p * stride, s, static_cast<double>(hi), static_cast<double>(lo));
-      continue;
-    }
+static inline void bwd_plane_lanes(double* a1, double* a2, const T* dy, const T* x, int64_t s, float hi, float lo) {
+  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
+    bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
+  } else {
+    float gb[kBlock];
+    float xb[kBlock];
     for (int64_t b = 0; b < s; b += kBlock) {
       const int64_t len = s - b < kBlock ? s - b : kBlock;
-      const int64_t off = p * stride + b;
-      bwd_lanes(a1, a2, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), len, static_cast<double>(hi),
+      bwd_lanes(a1, a2, in_f32(dy + b, gb, len), in_f32(x + b, xb, len), len, static_cast<double>(hi),
                 static_cast<double>(lo));
     }
   }
-  *sdy += combine(a1);
-  *sdyx += combine(a2);
+}
+
+// The backward sums over a region (NOTE: [Ghost batch norm regions]).
+template <typename T>
+void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels,
+                         int64_t s, const float* hi, const float* lo, double* sdy, double* sdyx) {
+  double a1[kMaxRegionChannels][kLanes] = {};
+  double a2[kMaxRegionChannels][kLanes] = {};
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const int64_t off = n * sample_stride;
+    if (n + 1 < num_samples) {
+      prefetch_run(dy + off + sample_stride, num_channels * s);
+      prefetch_run(x + off + sample_stride, num_channels * s);
+    }
+    for (int64_t j = 0; j < num_channels; ++j) {
+      bwd_plane_lanes(a1[j], a2[j], dy + off + j * s, x + off + j * s, s, hi[j], lo[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    sdy[j] = 0.0 + combine(a1[j]);
+    sdyx[j] = 0.0 + combine(a2[j]);
+  }
 }
 
 static inline void bwd_row(double* __restrict s1, double* __restrict s2, const float* __restrict dy,
@@ -288,9 +455,59 @@ static inline void bwd_row(double* __restrict s1, double* __restrict s2, const f
   }
 }
 
+static inline V8d load8d(const float* p) { return load8(p); }
+
+// The backward row sums by strips (NOTE: [Ghost batch norm row strips]).
+template <typename T>
+void bwd_reduce_rows_strips(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi, const float* lo,
+                            double* sdy, double* sdyx) {
+  const int64_t c8 = c / 8 * 8;
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kStripRows) {
+    const int64_t nr = num_rows - r0 < kStripRows ? num_rows - r0 : kStripRows;
+    const int64_t base = r0 * c;
+    int64_t j = 0;
+    for (; j + 32 <= c8; j += 32) {  // four independent chains per row
+      prefetch_strip(dy + base + j, nr, c);
+      prefetch_strip(x + base + j, nr, c);
+      V8d a1[4], a2[4], vhi[4], vlo[4];
+      for (int q = 0; q < 4; ++q) {
+        a1[q] = load_lanes(sdy + j + 8 * q), a2[q] = load_lanes(sdyx + j + 8 * q);
+        vhi[q] = load8d(hi + j + 8 * q), vlo[q] = load8d(lo + j + 8 * q);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        for (int q = 0; q < 4; ++q) {
+          gbn_backward_add(load8(dy + off + 8 * q), load8(x + off + 8 * q), vhi[q], vlo[q], &a1[q], &a2[q]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) store_lanes(sdy + j + 8 * q, a1[q]), store_lanes(sdyx + j + 8 * q, a2[q]);
+    }
+    for (; j < c8; j += 8) {
+      V8d a1 = load_lanes(sdy + j), a2 = load_lanes(sdyx + j);
+      const V8d vhi = load8d(hi + j), vlo = load8d(lo + j);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        gbn_backward_add(load8(dy + off), load8(x + off), vhi, vlo, &a1, &a2);
+      }
+      store_lanes(sdy + j, a1), store_lanes(sdyx + j, a2);
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      for (int64_t j = c8; j < c; ++j) {
+        const int64_t off = base + r * c + j;
+        gbn_backward_add(static_cast<double>(to_float(dy[off])), static_cast<double>(to_float(x[off])),
+                         static_cast<double>(hi[j]), static_cast<double>(lo[j]), &sdy[j], &sdyx[j]);
+      }
+    }
+  }
+}
+
 template <typename T>
 void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi,
                        const float* lo, double* sdy, double* sdyx) {
+  if constexpr (kRowVectors<T>) {
+    bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
+    return;
+  }
   float gb[kBlock];
   float xb[kBlock];
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -310,7 +527,10 @@ static inline void bwd_apply_scalar(float* __restrict dx, const float* __restric
 
 template <typename T>
 void bwd_apply_plane_t(const T* dy, const T* x, T* dx, int64_t s, float hi, float lo, float mdy, float k,
-                       float a) {
+                       float a, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) return bwd_apply_stream(dx, dy, x, s, hi, lo, mdy, k, a);
+  }
   float gb[kBlock];
   float xb[kBlock];
   float ob[kBlock];
@@ -331,7 +551,15 @@ static inline void bwd_apply_vec(float* __restrict dx, const float* __restrict d
 
 template <typename T>
 void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t c, const float* hi,
-                      const float* lo, const float* mdy, const float* k, const float* a) {
+                      const float* lo, const float* mdy, const float* k, const float* a, bool stream) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (stream && kHaveStream) {
+      for (int64_t r = 0; r < num_rows; ++r) {
+        bwd_apply_stream_vec(dx + r * c, dy + r * c, x + r * c, c, hi, lo, mdy, k, a);
+      }
+      return;
+    }
+  }
   float gb[kBlock];
   float xb[kBlock];
   float ob[kBlock];
@@ -352,36 +580,7 @@ void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t 
 // fp32 blocks, which the other levels keep.
 #ifdef __AVX512F__
 
-// Rows: 32 channels at a time, their sums kept in registers down all the rows (each channel still
-// adds its rows in row order), then 8 at a time, then one by one. (The backward row sums keep the
-// fp32 blocks: this order measured slower there.)
-void stats_rows_t(const Bf16* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
-  int64_t j = 0;
-  for (; j + 32 <= c; j += 32) {
-    V8d a1[4], a2[4], sh[4];
-    for (int q = 0; q < 4; ++q) {
-      a1[q] = load_lanes(s1 + j + 8 * q), a2[q] = load_lanes(s2 + j + 8 * q), sh[q] = load_lanes(shift + j + 8 * q);
-    }
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const Bf16* row = x + r * c + j;
-      for (int q = 0; q < 4; ++q) gbn_stats_add(load8(row + 8 * q), sh[q], &a1[q], &a2[q]);
-    }
-    for (int q = 0; q < 4; ++q) store_lanes(s1 + j + 8 * q, a1[q]), store_lanes(s2 + j + 8 * q, a2[q]);
-  }
-  for (; j + 8 <= c; j += 8) {
-    V8d a1 = load_lanes(s1 + j), a2 = load_lanes(s2 + j);
-    const V8d sh = load_lanes(shift + j);
-    for (int64_t r = 0; r < num_rows; ++r) gbn_stats_add(load8(x + r * c + j), sh, &a1, &a2);
-    store_lanes(s1 + j, a1), store_lanes(s2 + j, a2);
-  }
-  for (; j < c; ++j) {
-    for (int64_t r = 0; r < num_rows; ++r) {
-      gbn_stats_add(static_cast<double>(to_float(x[r * c + j])), shift[j], &s1[j], &s2[j]);
-    }
-  }
-}
-
-void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta) {
+void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), va = splat16(alpha), vb = splat16(beta);
   int64_t i = 0;
   for (; i + 16 <= s; i += 16) store16(y + i, gbn_normalize(load16f(x + i), vhi, vlo, va, vb));
@@ -389,7 +588,7 @@ void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float 
 }
 
 void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
-                  const float* alpha, const float* beta) {
+                  const float* alpha, const float* beta, bool) {
   for (int64_t r = 0; r < num_rows; ++r) {
     const Bf16* xr = x + r * c;
     Bf16* yr = y + r * c;
@@ -403,18 +602,20 @@ void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const flo
 }
 
 void bwd_apply_plane_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t s, float hi, float lo, float mdy, float k,
-                       float a) {
+                       float a, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), vm = splat16(mdy), vk = splat16(k), va = splat16(a);
   int64_t i = 0;
+
   for (; i + 16 <= s; i += 16) store16(dx + i, gbn_grad_input(load16f(dy + i), load16f(x + i), vhi, vlo, vm, vk, va));
   for (; i < s; ++i) dx[i] = StoreAs<Bf16>::from(gbn_grad_input(to_float(dy[i]), to_float(x[i]), hi, lo, mdy, k, a));
 }
 
 void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows, int64_t c, const float* hi,
-                      const float* lo, const float* mdy, const float* k, const float* a) {
+                      const float* lo, const float* mdy, const float* k, const float* a, bool) {
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t off = r * c;
     int64_t j = 0;
+
     for (; j + 16 <= c; j += 16) {
       store16(dx + off + j, gbn_grad_input(load16f(dy + off + j), load16f(x + off + j), load16f(hi + j),
                                            load16f(lo + j), load16f(mdy + j), load16f(k + j), load16f(a + j)));
@@ -448,9 +649,19 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
     }                                          \
   }
 
-void stats_planes(const void* x, int64_t stride, int64_t num_planes, int64_t s, DType dtype, double shift,
-                  double* s1, double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_planes_t(static_cast<const T*>(x), stride, num_planes, s, shift, s1, s2))
+void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                  DType dtype, const double* shift, double* s1, double* s2) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift,
+                                       s1, s2))
+}
+
+void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int64_t num_samples,
+                       int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo, double* sdy,
+                       double* sdyx) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T,
+                        bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride,
+                                            num_samples, num_channels, s, hi, lo, sdy, sdyx))
 }
 
 void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
@@ -458,21 +669,19 @@ void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const d
   PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
 }
 
-void apply_plane(const void* x, void* y, int64_t s, DType dtype, float hi, float lo, float alpha, float beta) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, apply_plane_t(static_cast<const T*>(x), static_cast<T*>(y), s, hi, lo, alpha, beta))
+void apply_planes(const void* x, void* y, int64_t num_planes, int64_t s, DType dtype, const float* hi,
+                  const float* lo, const float* alpha, const float* beta, bool stream) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, for (int64_t q = 0; q < num_planes; ++q) {
+    apply_plane_t(static_cast<const T*>(x) + q * s, static_cast<T*>(y) + q * s, s, hi[q], lo[q], alpha[q], beta[q],
+                  stream);
+  })
 }
 
 void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype, const float* hi,
-                const float* lo, const float* alpha, const float* beta) {
+                const float* lo, const float* alpha, const float* beta, bool stream) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        apply_rows_t(static_cast<const T*>(x), static_cast<T*>(y), num_rows, c, hi, lo, alpha, beta))
-}
-
-void bwd_reduce_planes(const void* dy, const void* x, int64_t stride, int64_t num_planes, int64_t s,
-                       DType dtype, float hi, float lo, double* sdy, double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_planes_t(static_cast<const T*>(dy), static_cast<const T*>(x), stride,
-                                            num_planes, s, hi, lo, sdy, sdyx))
+                        apply_rows_t(static_cast<const T*>(x), static_cast<T*>(y), num_rows, c, hi, lo, alpha, beta,
+                                     stream))
 }
 
 void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
@@ -482,18 +691,20 @@ void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c,
                                           hi, lo, sdy, sdyx))
 }
 
-void bwd_apply_plane(const void* dy, const void* x, void* dx, int64_t s, DType dtype, float hi, float lo,
-                     float mdy, float k, float a) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_apply_plane_t(static_cast<const T*>(dy), static_cast<const T*>(x),
-                                          static_cast<T*>(dx), s, hi, lo, mdy, k, a))
+void bwd_apply_planes(const void* dy, const void* x, void* dx, int64_t num_planes, int64_t s, DType dtype,
+                      const float* hi, const float* lo, const float* mdy, const float* k, const float* a, bool stream) {
+  PLAYBOOK_GBN_DISPATCH(dtype, T, for (int64_t q = 0; q < num_planes; ++q) {
+    bwd_apply_plane_t(static_cast<const T*>(dy) + q * s, static_cast<const T*>(x) + q * s,
+                      static_cast<T*>(dx) + q * s, s, hi[q], lo[q], mdy[q], k[q], a[q], stream);
+  })
 }
 
 void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, int64_t c, DType dtype,
-                    const float* hi, const float* lo, const float* mdy, const float* k, const float* a) {
+                    const float* hi, const float* lo, const float* mdy, const float* k, const float* a,
+                    bool stream) {
   PLAYBOOK_GBN_DISPATCH(dtype, T,
                         bwd_apply_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x),
-                                         static_cast<T*>(dx), num_rows, c, hi, lo, mdy, k, a))
+                                         static_cast<T*>(dx), num_rows, c, hi, lo, mdy, k, a, stream))
 }
 
 #undef PLAYBOOK_GBN_DISPATCH
@@ -501,8 +712,9 @@ void bwd_apply_rows(const void* dy, const void* x, void* dx, int64_t num_rows, i
 }  // namespace
 
 const GhostBNKernels& ghost_bn_kernels() {
-  static const GhostBNKernels table{stats_planes,      stats_rows,      apply_plane,     apply_rows,
-                                    bwd_reduce_planes, bwd_reduce_rows, bwd_apply_plane, bwd_apply_rows};
+  static const GhostBNKernels table{stats_region,     stats_rows,      apply_planes,    apply_rows,
+                                    bwd_reduce_region, bwd_reduce_rows, bwd_apply_planes, bwd_apply_rows,
+                                    fence};
   return table;
 }
 

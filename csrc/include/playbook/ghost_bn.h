@@ -95,15 +95,18 @@ void ghost_bn_param_grads(int64_t num_ghost, int64_t c, const double* sdy, const
                           const float* save_invstd, float* grad_weight, float* grad_bias);
 
 // Single-process training step in one call: stats, finalize (with the running-stat EMA when
-// running_mean is not null) and apply. mean/m2 are [G, C] double scratch.
+// running_mean is not null) and apply, the same bits as the three calls (channels-last ghost
+// batches that fit in the cache are normalized right after their statistics). mean/m2 are [G, C]
+// double scratch.
 void ghost_bn_forward_train(const GhostBNShape& shape, const void* x, void* y, const float* weight,
                             const float* bias, double eps, double momentum, int64_t num_batches_tracked,
                             float* running_mean, float* running_var, double* mean, double* m2,
                             float* save_mean, float* save_invstd, int num_threads);
 
 // Single-process backward in one call: sums, dx (when dx is not null) and the parameter grads
-// (when not null). Contiguous layout: each (ghost batch, channel) item computes dx for its planes
-// right after summing them (measured faster than two passes). sdy/sdyx are [G, C] double scratch.
+// (when not null). Contiguous layout, and channels-last ghost batches that fit in the cache: each
+// work item computes dx right after its sums (measured faster than two passes; NOTE: [Ghost batch
+// norm work split] in csrc/cpu/ghost_bn.cpp). sdy/sdyx are [G, C] double scratch.
 void ghost_bn_backward_train(const GhostBNShape& shape, const void* dy, const void* x,
                              const float* save_mean, const float* save_invstd, const float* weight,
                              double* sdy, double* sdyx, void* dx, float* grad_weight, float* grad_bias,
