@@ -73,6 +73,15 @@ FLOOR_TEXT = {
     "bf16": "param 2r+2w, grad 2r x2 (norm + update), fp32 exp_avg 4r+4w, fp32 exp_avg_sq 4r+4w = 24 B/param",
 }
 BASELINE = "torch fused + clip"
+# NOTE: [Settle before each batch]
+# Interleaved rows run in a fixed order, so a row always follows the same neighbour. After a torch
+# row, torch's OpenMP (libgomp) workers keep spinning for a few milliseconds (GOMP_SPINCOUNT) and
+# compete for the cores with the next row's threads: on 2 cores that cost the row after
+# "torch fused + clip" (always "playbook", no clipping) ~2-3 ms over its first steps, and made
+# playbook without clipping look slower than with it (gone with GOMP_SPINCOUNT=0, or with a pause
+# before the batch; the same optimizer object toggling max_grad_norm times the same either way).
+# Each timed batch is therefore preceded by untimed calls of the same row for SETTLE_S seconds.
+SETTLE_S = 0.02
 PLAYBOOK = "playbook + clip"
 
 
@@ -228,7 +237,8 @@ def run_group(impls: list, device: str, size: str, dtype_name: str, timing_kw: d
         except Exception as e:  # noqa: BLE001 - keep going, report the failure in the table
             row["status"] = _error(e)
     try:
-        timings = time_interleaved(steps, device, **timing_kw) if steps else {}
+        settle = {"settle_s": SETTLE_S} if len(steps) > 1 else {}
+        timings = time_interleaved(steps, device, **timing_kw, **settle) if steps else {}
         for i, t in timings.items():
             rows[i]["ms"] = t.median_ms
             rows[i]["timing"] = t.to_dict()
