@@ -119,3 +119,113 @@ def test_many_small_tensors_at_different_steps_bitwise_across_threads_and_levels
         assert torch.equal(per, per0), (lv, t)
         for a, b in zip(params0, params):
             assert torch.equal(a, b), (lv, t)
+
+
+# ---------------------------------------------------------------------------- cached plans
+# NOTE: [Fused step] in optim/_base.py: the plans (pointer tables) are reused across steps and
+# rebuilt when what they hold changes. Each event below changes something a plan caches; the
+# trajectory must stay torch.optim's over the steps after it.
+
+
+def _pair(n_params=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(3, 5), (17,), (4, 4), (1,), (33,), (2, 3, 2)][:n_params]
+    base = [torch.randn(s, generator=gen) for s in shapes]
+    ours = [torch.nn.Parameter(b.clone()) for b in base]
+    ref = [torch.nn.Parameter(b.clone()) for b in base]
+    return ours, ref, gen
+
+
+def _set_grads(ours, ref, gen, skip=()):
+    for i, (p, q) in enumerate(zip(ours, ref)):
+        if i in skip:
+            p.grad = q.grad = None
+            continue
+        g = torch.randn(p.shape, generator=gen)
+        p.grad, q.grad = g.clone(), g.clone()
+
+
+def _close(ours, ref):
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=2e-6, atol=1e-7)
+
+
+def _events():
+    def grad_none(o, r, po, pr, gen):  # a grad set to None (param not updated), then re-created
+        _set_grads(po, pr, gen, skip={1, 4})
+
+    def grad_recreated_elsewhere(o, r, po, pr, gen):  # new grad tensors at new addresses
+        for p, q in zip(po, pr):
+            g = torch.randn(p.shape, generator=gen)
+            keep = torch.empty(1000)  # shifts the allocator
+            p.grad, q.grad = g.clone(), g.clone()
+            del keep
+
+    def grad_in_place(o, r, po, pr, gen):  # the same grad tensors, values changed in place
+        for p, q in zip(po, pr):
+            if p.grad is None:
+                p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+            g = torch.randn(p.shape, generator=gen)
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+
+    def data_replaced(o, r, po, pr, gen):  # a param's storage replaced (same shape)
+        for i in (0, 2):
+            new = po[i].detach().clone() * 0.5
+            po[i].data = new
+            pr[i].data = new.clone()
+        _set_grads(po, pr, gen)
+
+    def zero_grad_set_to_none(o, r, po, pr, gen):
+        o.zero_grad(set_to_none=True)
+        r.zero_grad(set_to_none=True)
+        _set_grads(po, pr, gen)
+
+    def zero_grad_in_place(o, r, po, pr, gen):
+        o.zero_grad(set_to_none=False)
+        r.zero_grad(set_to_none=False)
+        _set_grads(po, pr, gen)
+
+    def add_param_group(o, r, po, pr, gen):
+        gen2 = torch.Generator().manual_seed(99)
+        b = torch.randn(9, generator=gen2)
+        p, q = torch.nn.Parameter(b.clone()), torch.nn.Parameter(b.clone())
+        o.add_param_group({"params": [p], "lr": 0.05})
+        r.add_param_group({"params": [q], "lr": 0.05})
+        po.append(p)
+        pr.append(q)
+        _set_grads(po, pr, gen)
+
+    def load_state_dict(o, r, po, pr, gen):  # round trip through torch's state dict
+        o.load_state_dict(r.state_dict())
+        _set_grads(po, pr, gen)
+
+    return [grad_none, grad_recreated_elsewhere, grad_in_place, data_replaced, zero_grad_set_to_none,
+            zero_grad_in_place, add_param_group, load_state_dict]
+
+
+@pytest.mark.parametrize("event", _events(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("family", ["Adam", "SGD"])
+def test_cached_plans_follow_every_change_like_torch(event, family):
+    po, pr, gen = _pair()
+    if family == "Adam":
+        o = playbook.optim.Adam(po, lr=0.01, weight_decay=0.01)
+        r = torch.optim.Adam(pr, lr=0.01, weight_decay=0.01, foreach=False)
+    else:
+        o = playbook.optim.SGD(po, lr=0.05, momentum=0.9)
+        r = torch.optim.SGD(pr, lr=0.05, momentum=0.9, foreach=False)
+    for _ in range(3):
+        _set_grads(po, pr, gen)
+        o.step()
+        r.step()
+    _close(po, pr)
+    event(o, r, po, pr, gen)
+    o.step()
+    r.step()
+    _close(po, pr)
+    for k in range(3):  # and the steps after it (the grads set to None come back)
+        _set_grads(po, pr, gen, skip={3} if k == 0 else ())
+        o.step()
+        r.step()
+    _close(po, pr)
+    assert o.skipped_steps == 0
