@@ -156,6 +156,7 @@ def time_interleaved(
     target_s: float = 0.3,
     repeats: int = 7,
     warmup: int = 3,
+    settle_s: float = 0.0,
 ) -> dict:
     """Time several callables round-robin: repeat ``r`` times ``fns[k]`` for every ``k`` before
     repeat ``r + 1`` starts, so load drift on a shared machine hits all of them alike and ratios
@@ -163,6 +164,9 @@ def time_interleaved(
 
     Args:
         fns: ``{name: callable}``.
+        settle_s: before each timed batch, call ``fns[k]`` untimed for at least this long, so a
+            batch does not inherit the previous row's after-effects (e.g. torch's OpenMP workers
+            still spinning after torch's last parallel region, competing for the cores).
 
     Returns:
         ``{name: Timing}``.
@@ -176,6 +180,12 @@ def time_interleaved(
     samples: dict = {k: [] for k in fns}
     for _ in range(max(1, repeats)):
         for k, fn in fns.items():
+            if settle_s > 0:
+                t0 = time.perf_counter()
+                while True:
+                    timer(fn, 1)
+                    if time.perf_counter() - t0 >= settle_s:
+                        break
             samples[k].append(timer(fn, inner[k]))
     return {
         k: Timing(statistics.median(v), min(v), max(v), len(v), inner[k], v) for k, v in samples.items()

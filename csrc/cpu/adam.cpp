@@ -26,11 +26,18 @@ void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_value
   const math::MomentConsts consts =
       math::moment_consts(lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.decoupled_weight_decay,
                           h.maximize, step_values[kGradFactorIdx]);
+  // NOTE: [Scalars per distinct step] The per-tensor scalars depend on the tensor only through
+  // its step count, which is almost always the same for every tensor: the two pow() calls run
+  // once per distinct step value (the same function of the same inputs: the same bits).
   std::vector<AdamScalars> scalars(n);
   for (size_t i = 0; i < n; ++i) {
     scalars[i].c = consts;
-    scalars[i].s = math::adam_step_scalars(lr, h.beta1, h.beta2, *t.steps[i],
-                                           h.variant == Variant::kPlaybook);
+    if (i > 0 && *t.steps[i] == *t.steps[i - 1]) {
+      scalars[i].s = scalars[i - 1].s;
+    } else {
+      scalars[i].s = math::adam_step_scalars(lr, h.beta1, h.beta2, *t.steps[i],
+                                             h.variant == Variant::kPlaybook);
+    }
     scalars[i].amsgrad = h.amsgrad;
   }
 

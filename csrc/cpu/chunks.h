@@ -41,12 +41,54 @@ inline int64_t total_numel(const std::vector<TensorDesc>& tensors) {
   return n;
 }
 
-// Runs fn(chunk) for every chunk of `tensors` on the pool (small problems on the calling thread).
+// NOTE: [Packed work items]
+// Consecutive chunks are packed into one work item until the item holds kChunkSize elements, so
+// a list of many small tensors is handed out to the threads in pieces as large as one chunk of
+// a large tensor (one small tensor per item made the pool's hand-out cost more than the work).
+// Packing changes only which thread runs a chunk, never a chunk's boundaries or its result.
+struct ChunkRange {
+  std::size_t first, last;  // chunks [first, last)
+};
+
+inline std::vector<ChunkRange> pack_chunks(const std::vector<Chunk>& chunks) {
+  std::vector<ChunkRange> items;
+  std::size_t c = 0;
+  while (c < chunks.size()) {
+    ChunkRange item{c, c + 1};
+    int64_t size = chunks[c].size;
+    while (item.last < chunks.size() && size + chunks[item.last].size <= kChunkSize) {
+      size += chunks[item.last].size;
+      ++item.last;
+    }
+    items.push_back(item);
+    c = item.last;
+  }
+  return items;
+}
+
+// Runs fn(c) for every chunk index c of `chunks` (packed into items) on the pool, or on the
+// calling thread for small problems.
+template <typename Fn>
+void for_each_chunk_index(const std::vector<Chunk>& chunks, int64_t total_elements, int num_threads,
+                          const Fn& fn) {
+  const int threads = threads_for(total_elements, num_threads);
+  if (threads == 1) {
+    for (std::size_t c = 0; c < chunks.size(); ++c) fn(c);
+    return;
+  }
+  const std::vector<ChunkRange> items = pack_chunks(chunks);
+  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
+    const ChunkRange& item = items[static_cast<std::size_t>(it)];
+    for (std::size_t c = item.first; c < item.last; ++c) fn(c);
+  });
+}
+
+// Runs fn(chunk) for every chunk of `tensors` (NOTE: [Packed work items]).
 template <typename Fn>
 void for_each_chunk(const std::vector<TensorDesc>& tensors, int num_threads, const Fn& fn) {
   const std::vector<Chunk> chunks = make_chunks(tensors);
-  parallel_for(static_cast<int64_t>(chunks.size()), threads_for(total_numel(tensors), num_threads),
-               [&](int64_t c) { fn(chunks[static_cast<size_t>(c)]); });
+  for_each_chunk_index(chunks, total_numel(tensors), num_threads,
+                       [&](std::size_t c) { fn(chunks[c]); });
 }
 
 }  // namespace cpu

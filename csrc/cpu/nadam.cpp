@@ -29,8 +29,13 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   std::vector<NAdamScalars> scalars(n);
   for (size_t i = 0; i < n; ++i) {
     scalars[i].c = consts;
-    scalars[i].s = math::nadam_step_scalars(lr, h.beta1, h.beta2, h.momentum_decay, *t.steps[i],
-                                            *t.mu_products[i]);
+    // NOTE: [Scalars per distinct step] in adam.cpp (here keyed on step and mu_product).
+    if (i > 0 && *t.steps[i] == *t.steps[i - 1] && *t.mu_products[i] == *t.mu_products[i - 1]) {
+      scalars[i].s = scalars[i - 1].s;
+    } else {
+      scalars[i].s = math::nadam_step_scalars(lr, h.beta1, h.beta2, h.momentum_decay, *t.steps[i],
+                                              *t.mu_products[i]);
+    }
     scalars[i].playbook = h.variant == Variant::kPlaybook;
   }
 

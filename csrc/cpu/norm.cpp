@@ -21,12 +21,11 @@ void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, dou
   const std::vector<Chunk> chunks = make_chunks(tensors);
   std::vector<double> partial(chunks.size());
   const KernelTable& k = kernels();
-  parallel_for(static_cast<int64_t>(chunks.size()), threads_for(total_numel(tensors), num_threads),
-               [&](int64_t c) {
-                 const Chunk& ch = chunks[c];
-                 const TensorDesc& t = tensors[ch.tensor];
-                 partial[c] = k.sumsq(element_ptr(t, ch.begin), ch.size, t.dtype);
-               });
+  for_each_chunk_index(chunks, total_numel(tensors), num_threads, [&](std::size_t c) {
+    const Chunk& ch = chunks[c];
+    const TensorDesc& t = tensors[ch.tensor];
+    partial[c] = k.sumsq(element_ptr(t, ch.begin), ch.size, t.dtype);
+  });
   // Fixed order: chunks of a tensor in order, then tensors in order.
   std::vector<double> per_tensor(tensors.size(), 0.0);
   for (size_t c = 0; c < chunks.size(); ++c) per_tensor[chunks[c].tensor] += partial[c];

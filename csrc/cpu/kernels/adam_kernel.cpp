@@ -2,7 +2,7 @@
 // Formulas: NOTE: [Update formulas] in playbook/optim.h; scalars from csrc/cpu/adam.cpp.
 #include <cstdint>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -13,6 +13,7 @@ namespace cpu {
 namespace PLAYBOOK_CPU_ISA {
 
 #include "cpu/kernels/kernel_utils.h"
+#include "cpu/kernels/bf16_avx512.h"
 
 namespace {
 
@@ -32,6 +33,52 @@ void adam_f32(float* __restrict p, const float* __restrict g, float* __restrict 
     if (kAmsgrad) vmax[i] = max_sq;
   }
 }
+
+#ifdef PLAYBOOK_BF16_AVX512
+// bf16 at the AVX-512 level: NOTE: [bf16 in registers] (csrc/cpu/kernels/bf16_avx512.h). The
+// 16-element strip stays in registers (the j loop is vectorized whole); the tail goes through the
+// scalar conversions.
+template <bool kAmsgrad>
+void adam_bf16(Bf16* __restrict p, const Bf16* __restrict g, float* __restrict m, float* __restrict v,
+               float* __restrict vmax, int64_t n, const AdamScalars& in) {
+  const math::MomentConsts c = in.c;
+  const math::AdamStepScalars s = in.s;
+  constexpr int kW = 16;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    alignas(64) float pb[kW];
+    alignas(64) float gb[kW];
+    _mm512_store_ps(pb, load16_bf16(p + i));
+    _mm512_store_ps(gb, load16_bf16(g + i));
+    for (int j = 0; j < kW; ++j) {
+      float exp_avg = m[i + j], exp_avg_sq = v[i + j];
+      float max_sq = kAmsgrad ? vmax[i + j] : 0.f;
+      math::adam_element<kAmsgrad>(pb[j], gb[j], exp_avg, exp_avg_sq, max_sq, c, s);
+      m[i + j] = exp_avg;
+      v[i + j] = exp_avg_sq;
+      if (kAmsgrad) vmax[i + j] = max_sq;
+    }
+    store16_bf16(p + i, _mm512_load_ps(pb));
+  }
+  for (; i < n; ++i) {
+    float param = to_float(p[i]), exp_avg = m[i], exp_avg_sq = v[i];
+    float max_sq = kAmsgrad ? vmax[i] : 0.f;
+    math::adam_element<kAmsgrad>(param, to_float(g[i]), exp_avg, exp_avg_sq, max_sq, c, s);
+    p[i] = StoreAs<Bf16>::from(param);
+    m[i] = exp_avg;
+    v[i] = exp_avg_sq;
+    if (kAmsgrad) vmax[i] = max_sq;
+  }
+}
+
+void adam_impl(Bf16* p, const Bf16* g, float* m, float* v, float* vmax, int64_t n, const AdamScalars& s) {
+  if (s.amsgrad) {
+    adam_bf16<true>(p, g, m, v, vmax, n, s);
+  } else {
+    adam_bf16<false>(p, g, m, v, nullptr, n, s);
+  }
+}
+#endif
 
 template <typename T>
 void adam_impl(T* p, const T* g, float* m, float* v, float* vmax, int64_t n, const AdamScalars& s) {

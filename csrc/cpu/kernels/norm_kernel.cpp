@@ -8,7 +8,7 @@
 // every thread count therefore produces the same bits for the same chunk.
 #include <cstdint>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -19,6 +19,7 @@ namespace cpu {
 namespace PLAYBOOK_CPU_ISA {
 
 #include "cpu/kernels/kernel_utils.h"
+#include "cpu/kernels/bf16_avx512.h"
 
 namespace {
 
@@ -53,6 +54,32 @@ double sumsq_impl(const float* x, int64_t n) {
   accumulate(acc, x, n);
   return combine(acc);
 }
+
+#ifdef PLAYBOOK_BF16_AVX512
+// bf16 at the AVX-512 level: widened in registers (NOTE: [bf16 in registers]); lanes 0-7 and
+// 8-15 of acc are the two accumulators, each lane adds its elements in the same order as above.
+double sumsq_impl(const Bf16* x, int64_t n) {
+  static_assert(kLanes == 16, "two 8-double accumulators hold the kLanes lanes");
+  __m512d acc_lo = _mm512_setzero_pd();
+  __m512d acc_hi = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 f = load16_bf16(x + i);
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+    acc_lo = _mm512_add_pd(acc_lo, _mm512_mul_pd(lo, lo));
+    acc_hi = _mm512_add_pd(acc_hi, _mm512_mul_pd(hi, hi));
+  }
+  alignas(64) double acc[kLanes];
+  _mm512_store_pd(acc, acc_lo);
+  _mm512_store_pd(acc + 8, acc_hi);
+  for (int j = 0; i + j < n; ++j) {
+    const double v = static_cast<double>(to_float(x[i + j]));
+    acc[j] += v * v;
+  }
+  return combine(acc);
+}
+#endif
 
 // 16-bit storage: widened block by block (NOTE: [16-bit blocks]); same lanes as above.
 template <typename T>
