@@ -81,6 +81,9 @@ BASELINE = "torch fused + clip"
 # playbook without clipping look slower than with it (gone with GOMP_SPINCOUNT=0, or with a pause
 # before the batch; the same optimizer object toggling max_grad_norm times the same either way).
 # Each timed batch is therefore preceded by untimed calls of the same row for SETTLE_S seconds.
+# (Measured with playbook's former private thread pool; its kernels now run on torch's OpenMP
+# pool (NOTE: [CPU threads on OpenMP] in csrc/cpu/parallel.cpp), which removes the competition;
+# the settling is kept because it costs nothing and guards against any other after-effect.)
 SETTLE_S = 0.02
 PLAYBOOK = "playbook + clip"
 
