@@ -123,7 +123,7 @@ def main(argv: Optional[list] = None) -> int:
     print()
     print(format_table(rows, cols))
     if args.out:
-        env = env_info({"rounds": args.rounds, "pause_s": args.pause_s, "omp": os.environ.get("GOMP_SPINCOUNT")})
+        env = env_info({"rounds": args.rounds, "pause_s": args.pause_s, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT")})
         print(f"\nJSON: {write_json(args.out, {'env': env, 'rows': rows})}")
     return 0
 

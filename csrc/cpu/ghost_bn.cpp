@@ -194,6 +194,28 @@ void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_
   }
 }
 
+// The sums a, b [C] of ghost batch g from its row blocks, in block order, with the same operations
+// as reduce() (each block summed into zeroed partials pa, pb [C], then added to the totals):
+// `rows(row0, nrows)` sums one block into pa, pb. For the one-pass (fused) channels-last paths.
+template <typename Rows>
+void sum_ghost_rows(const GhostBNShape& sh, const RowBlocks& blocks, int64_t g, double* pa, double* pb, double* a,
+                    double* b, const Rows& rows) {
+  const int64_t C = sh.c;
+  for (int64_t j = 0; j < C; ++j) a[j] = b[j] = 0.0;
+  int64_t first, count;
+  blocks.range(g, &first, &count);
+  for (int64_t blk = first; blk < first + count; ++blk) {
+    int64_t gg, row0, nrows;
+    blocks.get(sh, blk, &gg, &row0, &nrows);
+    for (int64_t j = 0; j < C; ++j) pa[j] = pb[j] = 0.0;
+    rows(row0, nrows);
+    for (int64_t j = 0; j < C; ++j) {
+      a[j] += pa[j];
+      b[j] += pb[j];
+    }
+  }
+}
+
 // Runs fn over the elementwise work items: for contiguous, runs of consecutive planes of one sample
 // (p0, count, g, c0: planes p0.. of ghost batch g, channels c0..); for channels-last, the row
 // blocks (row0, rows, g).
@@ -447,21 +469,9 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     float* alpha = reinterpret_cast<float*>(pb + C);
     float* beta = alpha + C;
     load_run(x, g * sh.vbs * sh.s * C, C, sh.dtype, shift);  // first_of(sh, x, g, c), c < C
-    double* a = mean + g * C;
-    double* b = m2 + g * C;
-    for (int64_t j = 0; j < C; ++j) a[j] = b[j] = 0.0;
-    int64_t first_blk, count;
-    blocks.range(g, &first_blk, &count);
-    for (int64_t blk = first_blk; blk < first_blk + count; ++blk) {
-      int64_t gg, row0, nrows;
-      blocks.get(sh, blk, &gg, &row0, &nrows);
-      for (int64_t j = 0; j < 2 * C; ++j) pa[j] = 0.0;
+    sum_ghost_rows(sh, blocks, g, pa, pb, mean + g * C, m2 + g * C, [&](int64_t row0, int64_t nrows) {
       k.stats_rows(at(x, row0 * C, sh.dtype), nrows, C, sh.dtype, shift, pa, pb);
-      for (int64_t j = 0; j < C; ++j) {
-        a[j] += pa[j];
-        b[j] += pb[j];
-      }
-    }
+    });
     const double m = static_cast<double>(sh.ghost_count(g));
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = g * C + c;
@@ -506,21 +516,9 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
       float* a = kk + C;
       const float* hi = save_mean + g * C;
       const float* lo = save_mean + (G + g) * C;
-      double* ta = sdy + g * C;
-      double* tb = sdyx + g * C;
-      for (int64_t j = 0; j < C; ++j) ta[j] = tb[j] = 0.0;
-      int64_t first_blk, count;
-      blocks.range(g, &first_blk, &count);
-      for (int64_t blk = first_blk; blk < first_blk + count; ++blk) {
-        int64_t gg, row0, nrows;
-        blocks.get(sh, blk, &gg, &row0, &nrows);
-        for (int64_t j = 0; j < 2 * C; ++j) pa[j] = 0.0;
+      sum_ghost_rows(sh, blocks, g, pa, pb, sdy + g * C, sdyx + g * C, [&](int64_t row0, int64_t nrows) {
         k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), nrows, C, sh.dtype, hi, lo, pa, pb);
-        for (int64_t j = 0; j < C; ++j) {
-          ta[j] += pa[j];
-          tb[j] += pb[j];
-        }
-      }
+      });
       const double m = static_cast<double>(sh.ghost_count(g));
       for (int64_t c = 0; c < C; ++c) {
         const int64_t i = g * C + c;
