@@ -23,10 +23,12 @@ gradient, read twice: once by the norm pass, once by the update):
     bf16: param 2 read + 2 write, grad 2 + 2 read, fp32 exp_avg 8, fp32 exp_avg_sq 8 = 24 B
 (playbook keeps fp32 moments for bf16 params; torch keeps bf16 moments, so its bf16 rows move
 fewer bytes: GB/s below always uses the playbook floor, as a common yardstick.)
-"GB/s" = floor bytes / time; "x floor" = time / (floor bytes / STREAM GB/s), where STREAM GB/s
-is the best of a copy and an in-place axpy on two 64 MB (CPU) / 1 GB (GPU) float32 buffers
-measured in the same run with the same threads (read + write bytes counted), before and after the
-timed cells (the higher of the two is used: the stricter floor).
+"GB/s" = floor bytes / time; "x floor" = time / (floor bytes / cell STREAM GB/s), where the cell
+STREAM is an in-place axpy (``a += s*b``, read a and b, write a) on two 64 MB (CPU) / 1 GB (GPU)
+float32 buffers timed as one more interleaved row of the cell, with the same threads: the
+bandwidth of the same minutes as the cell's rows (this VM's reading drifts by up to 2x between
+minutes). "x floor (run STREAM)" uses instead the best of a copy and an axpy measured before and
+after all cells (the previous definition; the higher reading, the stricter floor).
 
 Usage:
     python benchmarks/bench_optim.py                 # full run, JSON to bench_results/optim.json
@@ -241,10 +243,16 @@ def run_group(impls: list, device: str, size: str, dtype_name: str, timing_kw: d
             row["status"] = _error(e)
     try:
         settle = {"settle_s": SETTLE_S} if len(steps) > 1 else {}
-        timings = time_interleaved(steps, device, **timing_kw, **settle) if steps else {}
+        fns = dict(steps)
+        if steps:  # the cell's own bandwidth reading, in the same rounds (see add_derived)
+            fns[STREAM_ROW], stream_bytes = _stream_axpy(device)
+        timings = time_interleaved(fns, device, **timing_kw, **settle) if steps else {}
+        stream_t = timings.pop(STREAM_ROW, None)
         for i, t in timings.items():
             rows[i]["ms"] = t.median_ms
             rows[i]["timing"] = t.to_dict()
+            if stream_t is not None:
+                rows[i]["cell_stream_gbps"] = stream_bytes / stream_t.median_s / 1e9
     except Exception as e:  # noqa: BLE001 - a failure mid-run: retry the rows one by one
         print(f"interleaved timing failed ({type(e).__name__}: {e}); timing rows one at a time")
         for i, step in steps.items():
@@ -259,6 +267,19 @@ def run_group(impls: list, device: str, size: str, dtype_name: str, timing_kw: d
         opts.clear()
         _free(device)
     return rows
+
+
+STREAM_ROW = "stream axpy"
+
+
+def _stream_axpy(device: str) -> tuple[Callable[[], object], int]:
+    """The STREAM axpy of ``_common.stream_bandwidth`` (``a += s*b`` on two float32 buffers of
+    64 MB on the CPU, 1 GB on a GPU) as one more interleaved row of a cell: returns the callable
+    and the bytes it moves per call (read a, b; write a)."""
+    n = ((1 << 30) if device.startswith("cuda") else (64 << 20)) // 4
+    a = torch.rand(n, device=device)
+    b = torch.rand(n, device=device)
+    return (lambda: a.add_(b, alpha=1e-3)), 3 * n * 4
 
 
 def _sanity(rows: list, opts: dict) -> None:
@@ -285,12 +306,17 @@ def add_derived(rows: list, stream: dict) -> None:
         ms = r["ms"]
         floor_bytes = FLOOR_BYTES[r["dtype"]] * r["numel"]
         b = base.get((r["device"], r["size"], r["dtype"]))
-        ref = stream[r["device"]]["best_gbps"]
+        run_ref = stream[r["device"]]["best_gbps"]
+        # The cell's own STREAM (interleaved with its rows: the bandwidth of the same minutes) when
+        # measured; this VM's bandwidth drifts by up to 2x between minutes.
+        ref = r.get("cell_stream_gbps") or run_ref
         floor_ms = floor_bytes / (ref * 1e9) * 1e3
+        r["floor_gbps"] = ref
         r["floor_ms"] = floor_ms
         r["ratio_vs_baseline"] = (ms / b) if (ms is not None and b) else None
         r["gbps"] = (floor_bytes / (ms * 1e-3) / 1e9) if ms else None
         r["x_floor"] = (ms / floor_ms) if ms else None
+        r["x_floor_run_stream"] = (ms / (floor_bytes / (run_ref * 1e9) * 1e3)) if ms else None
         r["pct_of_copy"] = (r["gbps"] / stream[r["device"]]["copy_gbps"]) if ms else None
 
 
@@ -354,7 +380,9 @@ def print_tables(rows: list, stream: dict, targets: list) -> None:
             ("ms", "ms/step", lambda v: fmt_float(v, ".3f")),
             ("ratio_vs_baseline", "vs fused+clip", lambda v: fmt_float(v, ".2f") + ("x" if v is not None else "")),
             ("gbps", "GB/s", lambda v: fmt_float(v, ".1f")),
+            ("floor_gbps", "cell STREAM", lambda v: fmt_float(v, ".1f")),
             ("x_floor", "x floor", lambda v: fmt_float(v, ".2f")),
+            ("x_floor_run_stream", "x floor (run STREAM)", lambda v: fmt_float(v, ".2f")),
             ("note", ""),
         ]
         print(format_table(dev_rows, cols))

@@ -229,3 +229,119 @@ def test_cached_plans_follow_every_change_like_torch(event, family):
         r.step()
     _close(po, pr)
     assert o.skipped_steps == 0
+
+
+# ---------------------------------------------------------------------------- per-step host work
+# A step over many small tensors is mostly host work: the grad pointers are gathered in one pass
+# in C (NOTE: [Grad pointers in one pass]), pointer lists are read directly (StepPtrs), problems
+# from 64K elements run on the thread pool (kMinParallelElements) and the step's profiler range
+# is entered only while a profiler runs (_profile_hook_step).
+
+
+def test_200k_params_in_400_tensors_bitwise_across_threads_and_like_torch():
+    """bench_optim's size (c): now on two threads; same bits as one thread, and torch.optim's
+    trajectory (Adam after clip_grad_norm_)."""
+
+    def build(_):
+        gen = torch.Generator().manual_seed(5)
+        base = [torch.randn(500, generator=gen) for _ in range(400)]
+        ours = [torch.nn.Parameter(b.clone()) for b in base]
+        ref = [torch.nn.Parameter(b.clone()) for b in base]
+        opt = playbook.optim.Adam(ours, lr=1e-2, max_grad_norm=1.0)
+        topt = torch.optim.Adam(ref, lr=1e-2)
+        for _ in range(3):
+            for p, q in zip(ours, ref):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            opt.step()
+            torch.nn.utils.clip_grad_norm_(ref, 1.0)
+            topt.step()
+        return [p.detach().clone() for p in ours], [q.detach().clone() for q in ref]
+
+    threads = torch.get_num_threads()
+    try:
+        (one, ref), (two, _) = _run("auto", 1, build, 0), _run("auto", 2, build, 0)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, r in zip(one, two, ref):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_data_ptrs_gathers_pointers_or_defers_to_the_checked_path():
+    params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(5)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    got = _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
+    assert got == [p.grad.data_ptr() for p in params]
+    assert _C.grad_data_ptrs([], torch.Tensor.data_ptr, torch.Tensor.is_contiguous) == []
+    params[2].grad = None
+    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    params[2].grad = torch.randn(3, 4).t()  # right shape, not contiguous
+    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    with pytest.raises(AttributeError):
+        _C.grad_data_ptrs([object()], torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
+    # the optimizer turns the non-contiguous grad into its clear error, and writes nothing
+    opt = playbook.optim.Adam(params, lr=0.1)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="stride"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    params[2].grad = params[2].grad.contiguous()
+    opt.step()
+    assert not any(torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_plan_pointer_lists_take_any_int_sequence_and_reject_others():
+    plan = _C.GradNormPlan(-1, [3, 2], [0, 0])
+    g = [torch.tensor([1.0, 2.0, 2.0]), torch.tensor([4.0, 0.0])]
+    per = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(1, dtype=torch.float64)
+    for ptrs in ([t.data_ptr() for t in g], tuple(t.data_ptr() for t in g)):
+        total.zero_()
+        plan.sumsq(ptrs, per.data_ptr(), total.data_ptr(), 1, 0, 0, 0)
+        assert per.tolist() == [9.0, 16.0] and total.item() == 25.0
+    with pytest.raises(TypeError):
+        plan.sumsq([g[0].data_ptr(), "x"], per.data_ptr(), total.data_ptr(), 1, 0, 0, 0)
+    with pytest.raises(TypeError):
+        plan.sumsq([g[0].data_ptr(), 1 << 70], per.data_ptr(), total.data_ptr(), 1, 0, 0, 0)
+
+
+def _hook_log(make_opt):
+    """The order and arguments of global and per-optimizer step hooks around one step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = make_opt([p])
+    log = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: log.append(("global pre", len(a), sorted(k)))),
+        opt.register_step_pre_hook(lambda o, a, k: log.append(("pre", len(a), sorted(k)))),
+        opt.register_step_post_hook(lambda o, a, k: log.append(("post", len(a), sorted(k)))),
+        register_optimizer_step_post_hook(lambda o, a, k: log.append(("global post", len(a), sorted(k)))),
+    ]
+    # a pre-hook may replace the arguments: here it supplies a closure
+    calls = []
+    handles.append(opt.register_step_pre_hook(lambda o, a, k: (a, {"closure": lambda: calls.append(1) or 2.0})))
+    try:
+        loss = opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    return log, loss, calls
+
+
+def test_step_hooks_run_as_in_torch_and_the_profiler_sees_the_step():
+    ours = _hook_log(lambda ps: playbook.optim.Adam(ps, lr=0.1, max_grad_norm=1.0))
+    ref = _hook_log(lambda ps: torch.optim.Adam(ps, lr=0.1))
+    assert ours == ref
+    assert ours[1] == 2.0 and ours[2] == [1]
+
+    p = torch.nn.Parameter(torch.ones(8))
+    p.grad = torch.ones(8)
+    opt = playbook.optim.Adam([p], lr=0.1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = {e.name for e in prof.events()}
+    assert "Optimizer.step#Adam.step" in names
