@@ -466,13 +466,19 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
                             float* running_var, double* mean, double* m2, float* save_mean, float* save_invstd,
                             int num_threads) {
   check_ghost_bn_shape(sh);
-  PLAYBOOK_CHECK(x != nullptr && y != nullptr && mean != nullptr && m2 != nullptr && save_mean != nullptr &&
+  PLAYBOOK_CHECK(x != nullptr && y != nullptr && (mean == nullptr) == (m2 == nullptr) && save_mean != nullptr &&
                      save_invstd != nullptr,
                  "ghost_bn_forward_train: null pointer");
   PLAYBOOK_CHECK((running_mean == nullptr) == (running_var == nullptr),
                  "ghost_bn_forward_train: running_mean and running_var must both be given or both be null");
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  std::vector<double> scratch;
+  if (mean == nullptr) {  // scratch the caller did not provide (one allocation less in Python)
+    scratch.resize(static_cast<size_t>(2 * G * C));
+    mean = scratch.data();
+    m2 = mean + G * C;
+  }
   const bool stream = stream_output(sh);
   // NOTE: [Ghost batch norm forward passes]: normalizing right after the statistics, while the
   // data is cached, measured slower for the contiguous layout, per (ghost batch, channel) 2x (its
@@ -566,11 +572,17 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                              const float* save_invstd, const float* weight, double* sdy, double* sdyx, void* dx,
                              float* grad_weight, float* grad_bias, int num_threads) {
   check_ghost_bn_shape(sh);
-  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && save_invstd != nullptr && sdy != nullptr &&
-                     sdyx != nullptr,
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && save_invstd != nullptr &&
+                     (sdy == nullptr) == (sdyx == nullptr),
                  "ghost_bn_backward_train: null pointer");
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
+  std::vector<double> scratch;
+  if (sdy == nullptr) {  // scratch the caller did not provide
+    scratch.resize(static_cast<size_t>(2 * G * C));
+    sdy = scratch.data();
+    sdyx = sdy + G * C;
+  }
   const bool stream = stream_output(sh);
   const int threads = threads_for(sh, num_threads);
   if (sh.channels_last && dx != nullptr && sh.ghost_count(0) * C <= kFusedRowElems && G >= 2 * threads) {
