@@ -381,6 +381,8 @@ def test_convert_keeps_mode_requires_grad_and_converts_syncbn() -> None:
         (False, torch.float32, (64, 32, 33, 31), 24),
         (True, torch.float32, (64, 32, 33, 31), 24),
         (False, torch.float32, (2048, 1025), 64),  # rows: each cached ghost batch in one pass
+        (False, torch.float32, (96, 32, 40, 40), 20),  # 19.7 MB: the contiguous forward in windows
+        (True, torch.float32, (96, 32, 40, 40), 20),  # 4 MB ghost batches: fused at 1 thread, not at 3
     ],
 )
 def test_bitwise_independent_of_threads_and_simd_level(
@@ -409,6 +411,30 @@ def test_bitwise_independent_of_threads_and_simd_level(
     for r in results[1:]:
         for a, b in zip(first[2:], r[2:]):
             assert torch.equal(a, b), (r[0], r[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_contiguous_forward_equals_ghost_batches_run_apart(dtype: torch.dtype) -> None:
+    # Ghost batches are independent, so the output and the input gradient of a large batch equal,
+    # bit for bit, those of its ghost batches run as separate smaller batches. Here the whole batch
+    # (19.7 MB float32) is normalized in windows, the 2-ghost-batch pieces (8 MB) in one pass.
+    gen = torch.Generator().manual_seed(7)
+    shape, vbs = (96, 32, 40, 40), 20
+    x = (torch.randn(shape, generator=gen) * 2 + 3).to(dtype)
+    dy = torch.randn(shape, generator=gen).to(dtype)
+    bn = GhostBatchNorm2d(32, virtual_batch_size=vbs)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5, generator=gen)
+        bn.bias.uniform_(-1, 1, generator=gen)
+    xg = x.clone().requires_grad_()
+    y = bn(xg)
+    y.backward(dy)
+    for start in range(0, shape[0], 2 * vbs):
+        piece = x[start : start + 2 * vbs].clone().requires_grad_()
+        yp = bn(piece)
+        yp.backward(dy[start : start + 2 * vbs])
+        assert torch.equal(yp, y[start : start + 2 * vbs])
+        assert torch.equal(piece.grad, xg.grad[start : start + 2 * vbs])
 
 
 def test_bad_input_clear_errors_and_no_mutation() -> None:

@@ -97,7 +97,7 @@ void ghost_bn_param_grads(int64_t num_ghost, int64_t c, const double* sdy, const
 // Single-process training step in one call: stats, finalize (with the running-stat EMA when
 // running_mean is not null) and apply, the same bits as the three calls (channels-last ghost
 // batches that fit in the cache are normalized right after their statistics). mean/m2 are [G, C]
-// double scratch.
+// double scratch, allocated here when null.
 void ghost_bn_forward_train(const GhostBNShape& shape, const void* x, void* y, const float* weight,
                             const float* bias, double eps, double momentum, int64_t num_batches_tracked,
                             float* running_mean, float* running_var, double* mean, double* m2,
@@ -106,7 +106,8 @@ void ghost_bn_forward_train(const GhostBNShape& shape, const void* x, void* y, c
 // Single-process backward in one call: sums, dx (when dx is not null) and the parameter grads
 // (when not null). Contiguous layout, and channels-last ghost batches that fit in the cache: each
 // work item computes dx right after its sums (measured faster than two passes; NOTE: [Ghost batch
-// norm work split] in csrc/cpu/ghost_bn.cpp). sdy/sdyx are [G, C] double scratch.
+// norm work split] in csrc/cpu/ghost_bn.cpp). sdy/sdyx are [G, C] double scratch, allocated here
+// when null.
 void ghost_bn_backward_train(const GhostBNShape& shape, const void* dy, const void* x,
                              const float* save_mean, const float* save_invstd, const float* weight,
                              double* sdy, double* sdyx, void* dx, float* grad_weight, float* grad_bias,

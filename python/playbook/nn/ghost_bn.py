@@ -201,11 +201,10 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         span = _rank_span(process_group, lay.n, vbs)
         local_vbs = lay.n if span is not None else vbs
         G = -(-lay.n // local_vbs)
-        f64 = dict(dtype=torch.float64, device=x.device)
-        mean = torch.empty(G, lay.c, **f64)
-        m2 = torch.empty(G, lay.c, **f64)
-        save_mean = torch.empty(2, G, lay.c, dtype=torch.float32, device=x.device)  # hi, lo
-        save_invstd = torch.empty(G, lay.c, dtype=torch.float32, device=x.device)
+        # The saved statistics in one [3, G, C] float32 tensor: mean hi, mean lo, invstd.
+        saved = torch.empty(3, G, lay.c, dtype=torch.float32, device=x.device)
+        save_mean = saved.data_ptr()
+        save_invstd = save_mean + 8 * G * lay.c
         y = torch.empty_like(x)
         w_ptr = 0 if weight is None else weight.data_ptr()
         b_ptr = 0 if bias is None else bias.data_ptr()
@@ -213,13 +212,16 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         rv_ptr = 0 if running_var is None else running_var.data_ptr()
         mom = -1.0 if momentum is None else float(momentum)
         if span is None and x.device.type == "cpu":  # one call: stats, running stats, normalize
+            # mean/m2 pointers 0: the kernel allocates its [G, C] double scratch itself.
             _C.ghost_bn_forward_train(
                 dev, *lay.args(vbs), dtype, x.data_ptr(), y.data_ptr(), w_ptr, b_ptr, float(eps), mom,
-                num_batches_tracked, rm_ptr, rv_ptr, mean.data_ptr(), m2.data_ptr(), save_mean.data_ptr(),
-                save_invstd.data_ptr(), threads, stream,
+                num_batches_tracked, rm_ptr, rv_ptr, 0, 0, save_mean, save_invstd, threads, stream,
             )  # fmt: skip
-            _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, vbs, None, None, None)
+            _GhostBatchNormFunction._save(ctx, x, weight, saved, lay, vbs, None, None, None)
             return y
+        f64 = dict(dtype=torch.float64, device=x.device)
+        mean = torch.empty(G, lay.c, **f64)
+        m2 = torch.empty(G, lay.c, **f64)
         _C.ghost_bn_stats(dev, *lay.args(local_vbs), dtype, x.data_ptr(), mean.data_ptr(), m2.data_ptr(), threads, stream)
         count = local_vbs * lay.s
         count_last = (lay.n - (G - 1) * local_vbs) * lay.s
@@ -236,18 +238,18 @@ class _GhostBatchNormFunction(torch.autograd.Function):
             _verify_ghost_size(x, count, vbs)
         _C.ghost_bn_finalize(
             dev, G, lay.c, mean.data_ptr(), m2.data_ptr(), count, count_last, float(eps), mom,
-            num_batches_tracked, rm_ptr, rv_ptr, save_mean.data_ptr(), save_invstd.data_ptr(), stream,
+            num_batches_tracked, rm_ptr, rv_ptr, save_mean, save_invstd, stream,
         )  # fmt: skip
         _C.ghost_bn_apply(
-            dev, *lay.args(local_vbs), dtype, x.data_ptr(), y.data_ptr(), save_mean.data_ptr(),
-            save_invstd.data_ptr(), w_ptr, b_ptr, threads, stream,
+            dev, *lay.args(local_vbs), dtype, x.data_ptr(), y.data_ptr(), save_mean, save_invstd, w_ptr, b_ptr,
+            threads, stream,
         )  # fmt: skip
-        _GhostBatchNormFunction._save(ctx, x, weight, save_mean, save_invstd, lay, local_vbs, span, process_group, (count, count_last))
+        _GhostBatchNormFunction._save(ctx, x, weight, saved, lay, local_vbs, span, process_group, (count, count_last))
         return y
 
     @staticmethod
-    def _save(ctx: Any, x, weight, save_mean, save_invstd, lay, vbs, span, process_group, counts) -> None:
-        ctx.save_for_backward(x, weight, save_mean, save_invstd)
+    def _save(ctx: Any, x, weight, saved, lay, vbs, span, process_group, counts) -> None:
+        ctx.save_for_backward(x, weight, saved)
         ctx.layout = lay
         ctx.local_vbs = vbs
         ctx.counts = counts  # elements per ghost batch (all but the last, the last); phased path
@@ -256,7 +258,7 @@ class _GhostBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
-        x, weight, save_mean, save_invstd = ctx.saved_tensors
+        x, weight, saved = ctx.saved_tensors
         lay: _Layout = ctx.layout
         dy = dy.contiguous(memory_format=lay.memory_format)
         dev = device_index(x.device)
@@ -265,9 +267,9 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         dtype = DTYPE_CODES[x.dtype]
         if dy.dtype != x.dtype:
             dy = dy.to(x.dtype)
-        G = save_invstd.shape[0]
-        sdy = torch.empty(G, lay.c, dtype=torch.float64, device=x.device)
-        sdyx = torch.empty_like(sdy)
+        G = saved.shape[1]
+        save_mean = saved.data_ptr()
+        save_invstd = save_mean + 8 * G * lay.c
         args = (dev, *lay.args(ctx.local_vbs), dtype)
         need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_w = need_w and weight is not None
@@ -276,13 +278,16 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         grad_b = torch.empty(lay.c, dtype=torch.float32, device=x.device) if need_b else None
         w_ptr = 0 if weight is None else weight.data_ptr()
         if ctx.span is None and x.device.type == "cpu":  # one call: sums, dx, parameter grads
+            # sdy/sdyx pointers 0: the kernel allocates its [G, C] double scratch itself.
             _C.ghost_bn_backward_train(
-                *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
-                sdy.data_ptr(), sdyx.data_ptr(), 0 if dx is None else dx.data_ptr(),
-                0 if grad_w is None else grad_w.data_ptr(), 0 if grad_b is None else grad_b.data_ptr(), threads, stream,
+                *args, dy.data_ptr(), x.data_ptr(), save_mean, save_invstd, w_ptr, 0, 0,
+                0 if dx is None else dx.data_ptr(), 0 if grad_w is None else grad_w.data_ptr(),
+                0 if grad_b is None else grad_b.data_ptr(), threads, stream,
             )  # fmt: skip
             return dx, grad_w, grad_b, None, None, None, None, None, None, None
-        _C.ghost_bn_backward_reduce(*args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), sdy.data_ptr(), sdyx.data_ptr(), threads, stream)
+        sdy = torch.empty(G, lay.c, dtype=torch.float64, device=x.device)
+        sdyx = torch.empty_like(sdy)
+        _C.ghost_bn_backward_reduce(*args, dy.data_ptr(), x.data_ptr(), save_mean, sdy.data_ptr(), sdyx.data_ptr(), threads, stream)
         if need_x:
             tot_dy, tot_dyx = sdy, sdyx
             if ctx.span is not None:
@@ -294,13 +299,13 @@ class _GhostBatchNormFunction(torch.autograd.Function):
                 tot_dyx = acc[lay.c :].contiguous()
             coefs = torch.empty(3, G, lay.c, dtype=torch.float32, device=x.device) if x.device.type == "cuda" else None
             _C.ghost_bn_backward_apply(
-                *args, dy.data_ptr(), x.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w_ptr,
+                *args, dy.data_ptr(), x.data_ptr(), save_mean, save_invstd, w_ptr,
                 tot_dy.data_ptr(), tot_dyx.data_ptr(), ctx.counts[0], ctx.counts[1],
                 0 if coefs is None else coefs.data_ptr(), dx.data_ptr(), threads, stream,
             )  # fmt: skip
         if need_w or need_b:
             _C.ghost_bn_param_grads(
-                dev, G, lay.c, sdy.data_ptr(), sdyx.data_ptr(), save_invstd.data_ptr(),
+                dev, G, lay.c, sdy.data_ptr(), sdyx.data_ptr(), save_invstd,
                 0 if grad_w is None else grad_w.data_ptr(), 0 if grad_b is None else grad_b.data_ptr(), stream,
             )  # fmt: skip
         return dx, grad_w, grad_b, None, None, None, None, None, None, None
@@ -357,32 +362,35 @@ class _GhostBatchNorm(_BatchNorm):
                 f"Expected input with {self.num_features} channels (dim 1), got shape {tuple(input.shape)}"
             )
         vbs = _check_vbs(self.virtual_batch_size)
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        # Parameters and buffers read once each (nn.Module.__getattr__ is slow on the hot path).
+        weight, bias = self.weight, self.bias
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        bn_training = self.training or (running_mean is None and running_var is None)
         if not bn_training:
-            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, self.eps)
         update = self.training and self.track_running_stats
-        running_mean = self.running_mean if update else None
-        running_var = self.running_var if update else None
+        if not update:
+            running_mean = running_var = None
         momentum = self.momentum
         nbt0 = 0
-        if update and self.num_batches_tracked is not None:
+        if update and tracked is not None:
             if momentum is None:
-                nbt0 = int(self.num_batches_tracked)  # host read, as nn.BatchNorm does for momentum=None
+                nbt0 = int(tracked)  # host read, as nn.BatchNorm does for momentum=None
         elif momentum is None:
             momentum = 0.0  # nn.BatchNorm's factor when nothing is tracked
         n = input.shape[0]
         if n == 0:
-            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, True, 0.0, self.eps)
-        span = _rank_span(self.process_group, n, vbs)
+            return F.batch_norm(input, running_mean, running_var, weight, bias, True, 0.0, self.eps)
+        span = None if self.process_group is None else _rank_span(self.process_group, n, vbs)
         s = math.prod(input.shape[2:])
         if span is None:
             _verify_ghost_size(input, min(vbs, n) * s, min(vbs, n))
             last = n - (-(-n // vbs) - 1) * vbs
             _verify_ghost_size(input, last * s, last)
         num_ghost = 1 if span is not None else -(-n // vbs)
-        if _kernel_ok(input, self.weight, self.bias, running_mean, running_var):
+        if _kernel_ok(input, weight, bias, running_mean, running_var):
             out = _GhostBatchNormFunction.apply(
-                input, self.weight, self.bias, running_mean, running_var, self.eps, momentum, nbt0, vbs,
+                input, weight, bias, running_mean, running_var, self.eps, momentum, nbt0, vbs,
                 self.process_group if span is not None else None,
             )  # fmt: skip
         elif span is not None:
@@ -392,9 +400,9 @@ class _GhostBatchNorm(_BatchNorm):
                 f"{input.device}"
             )
         else:
-            out = _reference_loop(input, running_mean, running_var, self.weight, self.bias, self.eps, momentum, nbt0, vbs)
-        if update and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(num_ghost)
+            out = _reference_loop(input, running_mean, running_var, weight, bias, self.eps, momentum, nbt0, vbs)
+        if update and tracked is not None:
+            tracked.add_(num_ghost)
         return out
 
 
