@@ -371,7 +371,8 @@ def print_tables(rows: list, stream: dict, targets: list) -> None:
         s = stream[device]
         print(f"\n== {device}: STREAM copy {s['copy_gbps']:.1f} GB/s, axpy {s['axpy_gbps']:.1f} GB/s "
               f"({s['nbytes'] >> 20} MB float32 buffers, read+write bytes, best of before/after the cells: "
-              f"{s['before']['best_gbps']:.1f} / {s['after']['best_gbps']:.1f}); floor uses {s['best_gbps']:.1f} GB/s")
+              f"{s['before']['best_gbps']:.1f} / {s['after']['best_gbps']:.1f}); \"x floor\" uses each cell's own "
+              f"interleaved STREAM (\"cell STREAM\"), \"x floor (run STREAM)\" uses {s['best_gbps']:.1f} GB/s")
         dev_rows = [dict(r, note="" if r["status"] == "ok" else r["status"][:70]) for r in rows if r["device"] == device]
         cols = [
             ("size", "size"),
