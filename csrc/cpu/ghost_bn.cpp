@@ -470,6 +470,19 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
       });
 }
 
+namespace {
+
+// Two [n] double arrays the caller did not provide (null pointers: one allocation less in Python),
+// backed by `storage`; left alone when the caller passed them.
+void own_pair_if_null(std::vector<double>* storage, int64_t n, double** first, double** second) {
+  if (*first != nullptr) return;
+  storage->resize(static_cast<size_t>(2 * n));
+  *first = storage->data();
+  *second = *first + n;
+}
+
+}  // namespace
+
 void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, const float* weight, const float* bias,
                             double eps, double momentum, int64_t num_batches_tracked, float* running_mean,
                             float* running_var, double* mean, double* m2, float* save_mean, float* save_invstd,
@@ -483,11 +496,7 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
   std::vector<double> scratch;
-  if (mean == nullptr) {  // scratch the caller did not provide (one allocation less in Python)
-    scratch.resize(static_cast<size_t>(2 * G * C));
-    mean = scratch.data();
-    m2 = mean + G * C;
-  }
+  own_pair_if_null(&scratch, G * C, &mean, &m2);
   const bool stream = stream_output(sh);
   // NOTE: [Ghost batch norm forward passes]: normalizing right after the statistics, while the
   // data is cached, measured slower for the contiguous layout, per (ghost batch, channel) 2x (its
@@ -542,9 +551,7 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     return;
   }
   const GhostBNKernels& k = gbn_kernels();
-  // Per-item statistics, saved statistics and normalization, the same operations as the three
-  // passes (so the same bits), on a region still in the cache.
-  // One item per ghost batch: its row blocks summed and merged exactly as ghost_bn_stats does, the
+  // One item per ghost batch, on a region still in the cache: its row blocks summed and merged exactly as ghost_bn_stats does, the
   // saved statistics as ghost_bn_finalize, the rows as ghost_bn_apply (the same bits).
   const RowBlocks blocks(sh);
   parallel_for(G, threads, [&](int64_t g) {
@@ -587,11 +594,7 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
   std::vector<double> scratch;
-  if (sdy == nullptr) {  // scratch the caller did not provide
-    scratch.resize(static_cast<size_t>(2 * G * C));
-    sdy = scratch.data();
-    sdyx = sdy + G * C;
-  }
+  own_pair_if_null(&scratch, G * C, &sdy, &sdyx);
   const bool stream = stream_output(sh);
   const int threads = threads_for(sh, num_threads);
   if (sh.channels_last && dx != nullptr && sh.ghost_count(0) * C <= kFusedRowElems && G >= 2 * threads) {
