@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -268,19 +270,49 @@ def test_200k_params_in_400_tensors_bitwise_across_threads_and_like_torch():
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
 
 
-def test_grad_data_ptrs_gathers_pointers_or_defers_to_the_checked_path():
+def _step_pointers():
+    return _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
+
+
+class _OwnDataPtr(torch.Tensor):
+    """A subclass that overrides data_ptr: StepPointers must call the override, not torch's."""
+
+    calls = 0
+
+    def data_ptr(self):
+        type(self).calls += 1
+        return super().data_ptr()
+
+
+def test_step_pointers_check_params_and_gather_grads_or_defer_to_the_checked_path():
+    sp = _step_pointers()
     params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(5)]
     for p in params:
         p.grad = torch.randn_like(p)
-    got = _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
-    assert got == [p.grad.data_ptr() for p in params]
-    assert _C.grad_data_ptrs([], torch.Tensor.data_ptr, torch.Tensor.is_contiguous) == []
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+    got = sp.collect(params, pptrs)
+    assert isinstance(got, _C.PtrList) and list(got) == [p.grad.data_ptr() for p in params]
+    assert got.tolist() == [p.grad.data_ptr() for p in params] and len(got) == 5 and got[-1] == got[4]
+    assert sp.direct(params[0]) and sp.direct(params[0].grad)  # Parameter and Tensor: the C functions
+    assert list(sp.collect([], _C.PtrList([]))) == []
+    # a param whose storage moved, or a list of another length: False (the plans must be rebuilt)
+    assert sp.collect(params[:4], pptrs) is False
+    params[3].data = torch.randn(4, 3)
+    assert sp.collect(params, pptrs) is False
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
     params[2].grad = None
-    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    assert sp.collect(params, pptrs) is None
     params[2].grad = torch.randn(3, 4).t()  # right shape, not contiguous
-    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    assert sp.collect(params, pptrs) is None
     with pytest.raises(AttributeError):
-        _C.grad_data_ptrs([object()], torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
+        sp.collect([object()], _C.PtrList([0]))
+    # a subclass that overrides a method is called through Python: its override runs
+    sub = torch.randn(3).as_subclass(_OwnDataPtr)
+    sub.grad = torch.randn(3)
+    assert not sp.direct(sub)
+    before = _OwnDataPtr.calls
+    assert list(sp.collect([sub], _C.PtrList([sub.data_ptr()]))) == [sub.grad.data_ptr()]
+    assert _OwnDataPtr.calls == before + 2  # the test's own call and the param check
     # the optimizer turns the non-contiguous grad into its clear error, and writes nothing
     opt = playbook.optim.Adam(params, lr=0.1)
     before = [p.detach().clone() for p in params]
@@ -290,6 +322,28 @@ def test_grad_data_ptrs_gathers_pointers_or_defers_to_the_checked_path():
     params[2].grad = params[2].grad.contiguous()
     opt.step()
     assert not any(torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_step_after_a_param_storage_moves_rebuilds_and_matches_torch():
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = playbook.optim.Adam(ours, lr=0.1)
+    topt = torch.optim.Adam(ref, lr=0.1, foreach=False)
+    for it in range(4):
+        if it == 2:  # new storage for one param: the cached pointer must not be written
+            old = ours[1].data
+            ours[1].data = old.clone()
+            ref[1].data = ref[1].data.clone()
+            kept = old.clone()
+        for p, q in zip(ours, ref):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        topt.step()
+    assert torch.equal(old, kept)  # the old storage was left alone
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_plan_pointer_lists_take_any_int_sequence_and_reject_others():

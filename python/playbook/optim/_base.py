@@ -18,6 +18,7 @@ A step only collects the param and grad pointers.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_
 _is_contiguous = torch.Tensor.is_contiguous
 _data_ptr = torch.Tensor.data_ptr  # map(_data_ptr, ts) == [t.data_ptr() for t in ts], without the per-item lookup
 _grad_of = operator.attrgetter("grad")
+# A step's param and grad pointers in one C pass (NOTE: [Step pointers] in csrc/step_pointers.cpp):
+# built from the descriptors torch.Tensor resolves these names to.
+_STEP_POINTERS = _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
 
 
 def _profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -145,7 +149,7 @@ class _DevicePlan:
     device: torch.device
     params: list[torch.Tensor]
     stateless: list[torch.Tensor]  # params of this group/device with no grad yet (no state)
-    param_ptrs: list[int]
+    param_ptrs: Any  # _C.PtrList of the local tensors' data_ptr()s
     numels: list[int]
     dtypes: list[int]
     plan: Any  # _C.AdamPlan / NAdamPlan / SGDPlan
@@ -424,7 +428,7 @@ class FusedOptimizer(Optimizer):
                     self._check_buffer(p, key, st[key])
             plan = self._make_plan(device_index(device), numels, dtypes, states, group)
             devices.append(_DevicePlan(
-                device, with_state, stateless, [p.data_ptr() for p in locals_], numels, dtypes, plan,
+                device, with_state, stateless, _C.PtrList([p.data_ptr() for p in locals_]), numels, dtypes, plan,
                 self._buffer_keys(group), all(p.is_contiguous() for p in locals_), dtensor,
             ))
         cache = _GroupCache(params, len(params), devices)
@@ -449,7 +453,11 @@ class FusedOptimizer(Optimizer):
             )
 
     def _needs_build(self, gi: int, group: dict[str, Any]) -> bool:
-        """Whether group ``gi``'s plans must be rebuilt (new params, storage, state or grads)."""
+        """Whether group ``gi``'s plans must be rebuilt (new params, state or grads).
+
+        A param whose storage moved is found by ``_prepare_group`` (the pointer check rides on
+        the grad pointer pass), except for DTensor params, checked here.
+        """
         cache = self._groups.get(gi)
         if cache is None or cache.params is not group["params"] or cache.length != len(group["params"]):
             return True
@@ -457,8 +465,7 @@ class FusedOptimizer(Optimizer):
         for dp in cache.devices:
             if keys != dp.buffer_keys or (dp.stateless and any(p.grad is not None for p in dp.stateless)):
                 return True
-            ptrs = [p.data_ptr() for p in dp.params] if dp.dtensor else list(map(_data_ptr, dp.params))
-            if ptrs != dp.param_ptrs:
+            if dp.dtensor and [p.data_ptr() for p in dp.params] != dp.param_ptrs.tolist():
                 return True
         return False
 
@@ -489,20 +496,25 @@ class FusedOptimizer(Optimizer):
                 self._validate_grad(p, g, f"a param of shape {tuple(p.shape)}")
         return [ptr(g) for g in grads]
 
-    def _prepare_group(self, gi: int, group: dict[str, Any], rebuilt: bool = False) -> list[tuple[_DevicePlan, list[int], list[int]]]:
-        cache = self._groups.get(gi)
-        if not rebuilt and self._needs_build(gi, group):
-            cache = self._build_group(gi, group)
+    def _prepare_group(self, gi: int, group: dict[str, Any]) -> list[tuple[_DevicePlan, Any, Any]] | None:
+        """(device plan, param pointers, grad pointers) per device of a group whose plans are
+        current, or None if a param's storage moved since the plans were built (rebuild first).
+
+        Writes nothing; raises the clear error for a grad the kernels cannot take.
+        """
         out = []
-        for dp in cache.devices:
+        for dp in self._groups[gi].devices:
             if not dp.params:  # no param of this group/device has had a grad: nothing to update
                 continue
             gptrs = None
-            if dp.all_contiguous and not dp.dtensor:
-                try:  # one pass in C: every grad present and contiguous, or None
-                    gptrs = _C.grad_data_ptrs(dp.params, _data_ptr, _is_contiguous)
-                except (TypeError, AttributeError, RuntimeError):
-                    gptrs = None  # the checked path below raises the clear error
+            if not dp.dtensor:
+                try:  # one C pass (NOTE: [Step pointers]): False (a param moved), None (a grad is
+                    # missing or not contiguous: the checked path below) or the grad pointers
+                    gptrs = _STEP_POINTERS.collect(dp.params, dp.param_ptrs)
+                except (TypeError, AttributeError, RuntimeError):  # the checked path raises the clear error
+                    gptrs = None if list(map(_data_ptr, dp.params)) == dp.param_ptrs.tolist() else False
+                if gptrs is False:
+                    return None
             if gptrs is None:
                 grads = _distributed.local_grads(dp.params) if dp.dtensor else list(map(_grad_of, dp.params))
                 gptrs = self._grad_ptrs(dp, grads)
@@ -615,13 +627,19 @@ class FusedOptimizer(Optimizer):
         to_build = []
         for gi, group in enumerate(self.param_groups):
             self._validate_group(group, gi)
-            if self._needs_build(gi, group):
+            # Plans current: collecting (and checking) the grad pointers writes nothing.
+            items = None if self._needs_build(gi, group) else self._prepare_group(gi, group)
+            if items is None:
                 self._check_build(gi, group)
                 to_build.append(gi)
-            else:  # its plans are current: collecting (and checking) grad pointers writes nothing
-                prepared[gi] = self._prepare_group(gi, group, rebuilt=True)
+            else:
+                prepared[gi] = items
         for gi in to_build:
-            prepared[gi] = self._prepare_group(gi, self.param_groups[gi])
+            self._build_group(gi, self.param_groups[gi])
+            items = self._prepare_group(gi, self.param_groups[gi])
+            if items is None:  # the pointers were taken by the build just now
+                raise RuntimeError("playbook: param storage changed while the optimizer step was being prepared")
+            prepared[gi] = items
         work = []
         for gi, group in enumerate(self.param_groups):
             for item in prepared[gi]:
@@ -632,14 +650,15 @@ class FusedOptimizer(Optimizer):
 
         threads = torch.get_num_threads()
         # 1. Sum of squares per device, over every grad of the optimizer.
-        per_device: dict[torch.device, tuple[list[_DevicePlan], list[int]]] = {}
+        per_device: dict[torch.device, tuple[list[_DevicePlan], list]] = {}
         for _, (dp, _, gptrs) in work:
-            dps, ptrs = per_device.setdefault(dp.device, ([], []))
+            dps, parts = per_device.setdefault(dp.device, ([], []))
             dps.append(dp)
-            ptrs.extend(gptrs)
+            parts.append(gptrs)
         last = _LastStep()
         totals = []
-        for device, (dps, ptrs) in per_device.items():
+        for device, (dps, parts) in per_device.items():
+            ptrs = parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
             np_ = self._norm_plan(device, dps)
             scratch = np_.scratch
             np_.plan.sumsq(
