@@ -137,6 +137,47 @@ class GradNormPlan {
     return cuda::sumsq_scratch_bytes(descs);
   }
 
+  // Collects the grad pointers of the params of `segments` ([(params, param_ptrs), ...], in the
+  // plan's order) while the other threads reduce the grads already collected (CPU; NOTE: [Streamed
+  // sum of squares] in csrc/cpu/norm.cpp). Returns False if a param moved, None if a grad is None or
+  // not contiguous (nothing written: the caller takes the checked path), else the grad pointers
+  // of each segment (PtrList). Holds the GIL throughout: only the calling thread touches Python.
+  py::object sumsq_collect(StepPointers& sp, const py::list& segments, int64_t per_tensor_ptr,
+                           int64_t total_ptr, int num_threads) const {
+    PLAYBOOK_CHECK(layout_.device == kCPUDevice, "sumsq_collect runs on the CPU, this plan is on device ",
+                   layout_.device);
+    std::vector<py::list> params;
+    std::vector<PtrList> out;
+    size_t n = 0;
+    for (py::handle seg : segments) {
+      auto pair = seg.cast<py::tuple>();
+      params.push_back(pair[0].cast<py::list>());
+      const PtrList& pptrs = pair[1].cast<const PtrList&>();
+      if (!sp.params_in_place(params.back(), pptrs)) return py::bool_(false);
+      out.push_back(PtrList{std::vector<int64_t>(pptrs.v.size())});
+      n += pptrs.v.size();
+    }
+    layout_.check_ptrs(Ptrs(n), "grad");
+    std::vector<TensorDesc> descs(n);
+    for (size_t i = 0; i < n; ++i) descs[i] = layout_.desc(i, 0);
+    size_t seg = 0, base = 0;  // produce(i) runs for i = 0, 1, ... in order
+    auto produce = [&](size_t i, void** data) {
+      while (i - base >= out[seg].v.size()) base += out[seg++].v.size();
+      int64_t& slot = out[seg].v[i - base];
+      if (!sp.grad_pointer(PyList_GET_ITEM(params[seg].ptr(), static_cast<Py_ssize_t>(i - base)), &slot)) {
+        return false;
+      }
+      *data = as_ptr<void>(slot);
+      return true;
+    };
+    if (!cpu::sumsq_streamed(descs, produce, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads)) {
+      return py::none();
+    }
+    py::list result;
+    for (PtrList& p : out) result.append(py::cast(std::move(p)));
+    return result;
+  }
+
   void sumsq(const StepPtrs& grad_list, int64_t per_tensor_ptr, int64_t total_ptr, int num_threads,
              int64_t scratch_ptr, int64_t scratch_bytes, int64_t stream) const {
     const Ptrs& grad_ptrs = grad_list.v;
@@ -389,6 +430,8 @@ void init_norm(py::module_& m) {
       .def(py::init<int, const Ptrs&, const std::vector<int>&>(), py::arg("device"), py::arg("numels"),
            py::arg("dtypes"))
       .def("scratch_bytes", &GradNormPlan::scratch_bytes)
+      .def("sumsq_collect", &GradNormPlan::sumsq_collect, py::arg("step_pointers"), py::arg("segments"),
+           py::arg("per_tensor_ptr"), py::arg("total_ptr"), py::arg("num_threads"))
       .def("sumsq", &GradNormPlan::sumsq, py::arg("grad_ptrs"), py::arg("per_tensor_ptr"),
            py::arg("total_ptr"), py::arg("num_threads"), py::arg("scratch_ptr"), py::arg("scratch_bytes"),
            py::arg("stream"), py::call_guard<py::gil_scoped_release>());

@@ -399,3 +399,114 @@ def test_step_hooks_run_as_in_torch_and_the_profiler_sees_the_step():
         opt.step()
     names = {e.name for e in prof.events()}
     assert "Optimizer.step#Adam.step" in names
+
+
+def _norm_plan_for(params):
+    from playbook._tensors import dtype_code
+
+    plan = _C.GradNormPlan(-1, [p.numel() for p in params], [dtype_code(p.dtype, "param") for p in params])
+    per = torch.full((len(params),), -1.0, dtype=torch.float64)
+    total = torch.full((1,), -1.0, dtype=torch.float64)
+    return plan, per, total
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sumsq_collect_reduces_while_collecting_with_the_bits_of_sumsq(dtype):
+    # 300 tensors, 130K elements: above the 2-thread threshold, so the other thread reduces while
+    # the calling thread collects (NOTE: [Streamed sum of squares]); uneven sizes cross chunk ends.
+    torch.manual_seed(0)
+    sizes = [int(s) for s in torch.randint(1, 900, (300,))] + [20000]
+    params = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sp = _step_pointers()
+    plan, per, total = _norm_plan_for(params)
+    segments = [(params[:100], _C.PtrList([p.data_ptr() for p in params[:100]])),
+                (params[100:], _C.PtrList([p.data_ptr() for p in params[100:]]))]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            got = plan.sumsq_collect(sp, segments, per.data_ptr(), total.data_ptr(), n_threads)
+            assert [list(g) for g in got] == [[p.grad.data_ptr() for p in ps] for ps, _ in segments]
+            results.append((per.clone(), total.clone()))
+            # the two-pass path: the same bits
+            per2, total2 = per.clone().fill_(-1), total.clone().fill_(-1)
+            plan.sumsq([p.grad.data_ptr() for p in params], per2.data_ptr(), total2.data_ptr(), n_threads, 0, 0, 0)
+            assert torch.equal(per2, per) and torch.equal(total2, total)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    ref = torch.stack([p.grad.double().pow(2).sum() for p in params])
+    torch.testing.assert_close(per, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(total, ref.sum().reshape(1), rtol=1e-12, atol=0)
+
+
+def test_sumsq_collect_writes_nothing_when_it_stops_or_fails():
+    params = [torch.nn.Parameter(torch.randn(700)) for _ in range(200)]  # 140K elements: 2 threads
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sp = _step_pointers()
+    plan, per, total = _norm_plan_for(params)
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+
+    def unchanged():
+        return bool((per == -1).all()) and float(total) == -1
+
+    threads = max(2, torch.get_num_threads())
+    params[150].grad = None  # late in the list: the other thread has reduced earlier grads by then
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is None
+    assert unchanged()
+    params[150].grad = torch.randn(1400)[::2]  # not contiguous
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is None
+    assert unchanged()
+    params[150].grad = torch.randn(700)
+    params[7].data = torch.randn(700)  # a param moved: False, before any grad is read
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is False
+    assert unchanged()
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+    bad = list(params)
+
+    class Boom(torch.Tensor):  # an exception raised by torch-level code midway propagates
+        @property
+        def grad(self):
+            raise RuntimeError("boom")
+
+    bad[120] = torch.randn(700).as_subclass(Boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        plan.sumsq_collect(sp, [(bad, _C.PtrList([p.data_ptr() for p in bad]))], per.data_ptr(), total.data_ptr(), threads)
+    assert unchanged()
+    got = plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads)
+    assert list(got[0]) == [p.grad.data_ptr() for p in params]
+    ref = torch.stack([p.grad.double().pow(2).sum() for p in params])
+    torch.testing.assert_close(per, ref, rtol=1e-12, atol=0)
+
+
+def test_streamed_step_matches_torch_with_two_groups_and_a_grad_missing_later():
+    torch.manual_seed(1)
+    shapes = [(300,), (40, 30), (7,), (2000,)] * 30
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "weight_decay": 0.1}]  # noqa: E731
+    opt = playbook.optim.Adam(groups(ours), lr=1e-2, max_grad_norm=5.0)
+    topt = torch.optim.Adam(groups(ref), lr=1e-2, foreach=False)
+    for it in range(5):
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            if it == 3 and i == 57:  # no grad this step: not updated (torch semantics), via the checked path
+                p.grad = q.grad = None
+                continue
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        want = torch.tensor([float("nan") if q.grad is None else q.grad.double().norm() for q in ref[::2] + ref[1::2]])
+        opt.step()
+        torch.nn.utils.clip_grad_norm_([q for q in ref if q.grad is not None], 5.0)
+        topt.step()
+        per = opt.grad_norms(per_tensor=True)
+        torch.testing.assert_close(per.double(), want, rtol=1e-6, atol=0, equal_nan=True)
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # every grad present again: the steps above took the streamed path (and it writes nothing itself)
+    for p in ours:
+        p.grad = torch.randn_like(p)
+    assert opt._streamed_sumsq(torch.get_num_threads()) is not None

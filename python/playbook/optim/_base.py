@@ -602,6 +602,85 @@ class FusedOptimizer(Optimizer):
         t = lr.to(device=device, dtype=torch.float32, non_blocking=True)
         return 0.0, t.data_ptr(), t
 
+    def _prepare_all(self) -> list[tuple[dict[str, Any], tuple[_DevicePlan, Any, Any]]]:
+        """(group, (device plan, param pointers, grad pointers)) of every group, plans built first.
+
+        NOTE: [All-or-nothing step]
+        Every check that can fail runs before the first write (state created by a plan build, the
+        norm counters, any param): hyperparameters of every group (``step``), then each group either
+        needs no rebuild (its grad pointers are collected, and checked, without writing) or is
+        checked in full first and built only once every group has passed. Groups (or devices of a
+        group) none of whose params has had a grad are skipped, as torch does.
+        """
+        prepared: dict[int, list] = {}
+        to_build = []
+        for gi, group in enumerate(self.param_groups):
+            # Plans current: collecting (and checking) the grad pointers writes nothing.
+            items = None if self._needs_build(gi, group) else self._prepare_group(gi, group)
+            if items is None:
+                self._check_build(gi, group)
+                to_build.append(gi)
+            else:
+                prepared[gi] = items
+        for gi in to_build:
+            self._build_group(gi, self.param_groups[gi])
+            items = self._prepare_group(gi, self.param_groups[gi])
+            if items is None:  # the pointers were taken by the build just now
+                raise RuntimeError("playbook: param storage changed while the optimizer step was being prepared")
+            prepared[gi] = items
+        return [(group, item) for gi, group in enumerate(self.param_groups) for item in prepared[gi]]
+
+    def _sumsq(self, work: list, threads: int) -> tuple[_LastStep, list[torch.device]]:
+        """Launch the sum of squares of every collected grad, per device (in ``work`` order)."""
+        per_device: dict[torch.device, tuple[list[_DevicePlan], list]] = {}
+        for _, (dp, _, gptrs) in work:
+            dps, parts = per_device.setdefault(dp.device, ([], []))
+            dps.append(dp)
+            parts.append(gptrs)
+        last = _LastStep()
+        for device, (dps, parts) in per_device.items():
+            ptrs = parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
+            np_ = self._norm_plan(device, dps)
+            scratch = np_.scratch
+            np_.plan.sumsq(
+                ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
+                ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
+            )
+            last.norm_plans.append((np_, dps, ptrs))
+        return last, list(per_device)
+
+    def _streamed_sumsq(self, threads: int) -> tuple[list, _LastStep, list[torch.device]] | None:
+        """``_prepare_all`` + ``_sumsq`` in one pass when every param with state is a CPU tensor and
+        every plan is current: the grads are reduced while their pointers are being collected
+        (NOTE: [Streamed sum of squares]). None when that does not apply, a param moved, or a grad
+        is missing, not contiguous or rejected: nothing was written, and the checked path runs."""
+        work, dps = [], []
+        for gi, group in enumerate(self.param_groups):
+            for dp in self._groups[gi].devices:
+                if not dp.params:
+                    continue
+                if dp.dtensor or dp.device.type != "cpu":
+                    return None
+                work.append(group)
+                dps.append(dp)
+        if not dps:
+            return None
+        device = dps[0].device
+        np_ = self._norm_plan(device, dps)
+        try:
+            gptrs = np_.plan.sumsq_collect(
+                _STEP_POINTERS, [(dp.params, dp.param_ptrs) for dp in dps],
+                np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
+            )
+        except (TypeError, AttributeError, RuntimeError):  # the checked path raises the clear error
+            return None
+        if not isinstance(gptrs, list):
+            return None
+        last = _LastStep()
+        ptrs = gptrs[0] if len(gptrs) == 1 else list(chain.from_iterable(map(list, gptrs)))
+        last.norm_plans.append((np_, dps, ptrs))
+        return [(g, (dp, dp.param_ptrs, gp)) for g, dp, gp in zip(work, dps, gptrs)], last, [device]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one fused optimization step (global-norm clip, skip on non-finite, update).
@@ -617,56 +696,26 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        # NOTE: [All-or-nothing step]
-        # Every check that can fail runs before the first write (state created by a plan build, the
-        # norm counters, any param): hyperparameters of every group, then each group either needs
-        # no rebuild (its grad pointers are collected, and checked, without writing) or is checked
-        # in full first and built only once every group has passed. Groups (or devices of a group)
-        # none of whose params has had a grad are skipped, as torch does.
-        prepared: dict[int, list] = {}
-        to_build = []
+        # Every check that can fail runs before the first write (NOTE: [All-or-nothing step]).
         for gi, group in enumerate(self.param_groups):
             self._validate_group(group, gi)
-            # Plans current: collecting (and checking) the grad pointers writes nothing.
-            items = None if self._needs_build(gi, group) else self._prepare_group(gi, group)
-            if items is None:
-                self._check_build(gi, group)
-                to_build.append(gi)
-            else:
-                prepared[gi] = items
-        for gi in to_build:
-            self._build_group(gi, self.param_groups[gi])
-            items = self._prepare_group(gi, self.param_groups[gi])
-            if items is None:  # the pointers were taken by the build just now
-                raise RuntimeError("playbook: param storage changed while the optimizer step was being prepared")
-            prepared[gi] = items
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            for item in prepared[gi]:
-                work.append((group, item))
-        if not work:
-            self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
-            return loss
-
         threads = torch.get_num_threads()
-        # 1. Sum of squares per device, over every grad of the optimizer.
-        per_device: dict[torch.device, tuple[list[_DevicePlan], list]] = {}
-        for _, (dp, _, gptrs) in work:
-            dps, parts = per_device.setdefault(dp.device, ([], []))
-            dps.append(dp)
-            parts.append(gptrs)
-        last = _LastStep()
-        totals = []
-        for device, (dps, parts) in per_device.items():
-            ptrs = parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
-            np_ = self._norm_plan(device, dps)
-            scratch = np_.scratch
-            np_.plan.sumsq(
-                ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
-                ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
-            )
-            last.norm_plans.append((np_, dps, ptrs))
-            totals.append(np_.total)
+        # 1. Sum of squares per device, over every grad of the optimizer: on the CPU while the grad
+        #    pointers are being collected when every plan is current (NOTE: [Streamed sum of
+        #    squares] in csrc/cpu/norm.cpp), else after collecting them (and building plans).
+        if any(self._needs_build(gi, group) for gi, group in enumerate(self.param_groups)):
+            streamed = None
+        else:
+            streamed = self._streamed_sumsq(threads)
+        if streamed is None:
+            work = self._prepare_all()
+            if not work:
+                self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
+                return loss
+            last, per_device = self._sumsq(work, threads)
+        else:
+            work, last, per_device = streamed
+        totals = [np_.total for np_, _, _ in last.norm_plans]
 
         # 2. Global norm, clip factor and skip flag on the primary device (_primary_device).
         caller_found_inf = self.__dict__.pop("_playbook_found_inf", None)
