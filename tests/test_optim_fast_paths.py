@@ -506,7 +506,7 @@ def test_streamed_step_matches_torch_with_two_groups_and_a_grad_missing_later():
         torch.testing.assert_close(per.double(), want, rtol=1e-6, atol=0, equal_nan=True)
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    # every grad present again: the steps above took the streamed path (and it writes nothing itself)
+    # every grad present again: the streamed path applies (the steps above took it too)
     for p in ours:
         p.grad = torch.randn_like(p)
     assert opt._streamed_sumsq(torch.get_num_threads()) is not None
