@@ -234,8 +234,9 @@ def test_cached_plans_follow_every_change_like_torch(event, family):
 
 
 # ---------------------------------------------------------------------------- per-step host work
-# A step over many small tensors is mostly host work: the grad pointers are gathered in one pass
-# in C (NOTE: [Grad pointers in one pass]), pointer lists are read directly (StepPtrs), problems
+# A step over many small tensors is mostly host work: the param and grad pointers are gathered in
+# one C pass (NOTE: [Step pointers]) while another thread already reduces the grads (NOTE: [Streamed
+# sum of squares]), pointer lists stay in C++ (PtrList) or are read directly (StepPtrs), problems
 # from 64K elements run on the thread pool (kMinParallelElements) and the step's profiler range
 # is entered only while a profiler runs (_profile_hook_step).
 

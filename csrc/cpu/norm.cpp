@@ -63,8 +63,8 @@ void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, dou
 // An optimizer step first collects every grad's data pointer from Python, one torch call after
 // another on the calling thread (~50 us for 400 tensors), and only then reduces them. Here the
 // reduction runs alongside the collection (NOTE: [Producer thread] in parallel.cpp): the calling
-// thread publishes pointer i (`ready` = i + 1, release) right after it is collected, and the other
-// threads take the packed work items (NOTE: [Packed work items]) in order, each waiting until the
+// thread publishes the pointers collected so far (`ready` = i + 1, release) whenever they complete
+// a work item, and the other threads take the packed work items (NOTE: [Packed work items]) in order, each waiting until the
 // last tensor of its item is out. The chunks, the per-chunk kernel and the combining order are
 // those of sumsq, so the results are the same bits. A stop (or an exception) in produce publishes
 // everything at once with `stop` set: the waiting threads then skip their items and nothing is
@@ -83,8 +83,13 @@ bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<
   std::atomic<bool> stop{false};
   std::exception_ptr error;
   const size_t n = descs.size();
+  // Tensor counts at which a work item becomes ready: `ready` is stored only there (a store per
+  // tensor would move its cache line between the cores ~400 times a step while a worker polls it).
+  std::vector<size_t> publish_at(items.size());
+  for (size_t it = 0; it < items.size(); ++it) publish_at[it] = static_cast<size_t>(chunks[items[it].last - 1].tensor) + 1;
   auto produce_all = [&]() {
     try {
+      size_t next_publish = 0;
       for (size_t i = 0; i < n; ++i) {
         void* data = nullptr;
         if (!produce(i, &data) || (data == nullptr && descs[i].numel > 0)) {
@@ -92,7 +97,10 @@ bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<
           break;
         }
         descs[i].data = data;
-        ready.store(i + 1, std::memory_order_release);
+        if (next_publish < publish_at.size() && publish_at[next_publish] == i + 1) {
+          ready.store(i + 1, std::memory_order_release);
+          while (next_publish < publish_at.size() && publish_at[next_publish] <= i + 1) ++next_publish;
+        }
       }
     } catch (...) {
       error = std::current_exception();
