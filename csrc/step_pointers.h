@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <exception>
+#include <stdexcept>
 #include <vector>
 
 namespace playbook {
@@ -69,6 +71,11 @@ class StepPointers {
     }
     return pybind11::cast(std::move(out));
   }
+
+  // Use fn (an address) for data_ptr() of the tensors that take the direct calls: NOTE: [Raw data
+  // pointer] in step_pointers.cpp. 0 turns it off.
+  void set_raw_data_ptr(int64_t fn) { raw_data_ptr_ = reinterpret_cast<RawDataPtr>(static_cast<intptr_t>(fn)); }
+  bool has_raw_data_ptr() const { return raw_data_ptr_ != nullptr; }
 
   // Whether obj's type takes the direct calls (for the tests).
   bool direct(pybind11::handle obj) { return fast_type(Py_TYPE(obj.ptr())); }
@@ -146,12 +153,21 @@ class StepPointers {
   }
 
   int64_t pointer_of(PyObject* self) {
+    if (raw_data_ptr_ != nullptr && fast_type(Py_TYPE(self))) {
+      try {
+        return static_cast<int64_t>(reinterpret_cast<intptr_t>(raw_data_ptr_(self)));
+      } catch (const std::exception& e) {  // torch's c10::Error (no storage, ...): RuntimeError
+        throw std::runtime_error(e.what());
+      }
+    }
     pybind11::object r = call(data_ptr_, names()[1], self);
     const long x = PyLong_AsLong(r.ptr());  // a pointer is a two-digit int: NOTE in bindings.cpp's StepPtrs
     if (x == -1 && PyErr_Occurred()) throw pybind11::error_already_set();
     return static_cast<int64_t>(x);
   }
 
+  using RawDataPtr = void* (*)(PyObject*);
+  RawDataPtr raw_data_ptr_ = nullptr;
   pybind11::object grad_descr_, data_ptr_descr_, is_contiguous_descr_, empty_;
   getter grad_get_ = nullptr;
   void* grad_closure_ = nullptr;

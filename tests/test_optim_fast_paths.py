@@ -271,8 +271,16 @@ def test_200k_params_in_400_tensors_bitwise_across_threads_and_like_torch():
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
 
 
-def _step_pointers():
-    return _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
+def _step_pointers(raw: bool = True):
+    """A StepPointers as the optimizer builds it; raw=False without torch's raw data-pointer function
+    (NOTE: [Raw data pointer]), the path taken on a torch that does not have it."""
+    from playbook.optim._base import _use_raw_data_ptr
+
+    sp = _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
+    if raw:
+        assert _use_raw_data_ptr(sp) and sp.has_raw_data_ptr  # torch 2.13 has it
+    assert sp.has_raw_data_ptr == raw
+    return sp
 
 
 class _OwnDataPtr(torch.Tensor):
@@ -285,8 +293,9 @@ class _OwnDataPtr(torch.Tensor):
         return super().data_ptr()
 
 
-def test_step_pointers_check_params_and_gather_grads_or_defer_to_the_checked_path():
-    sp = _step_pointers()
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
+def test_step_pointers_check_params_and_gather_grads_or_defer_to_the_checked_path(raw):
+    sp = _step_pointers(raw)
     params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(5)]
     for p in params:
         p.grad = torch.randn_like(p)
@@ -411,8 +420,9 @@ def _norm_plan_for(params):
     return plan, per, total
 
 
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sumsq_collect_reduces_while_collecting_with_the_bits_of_sumsq(dtype):
+def test_sumsq_collect_reduces_while_collecting_with_the_bits_of_sumsq(dtype, raw):
     # 300 tensors, 130K elements: above the 2-thread threshold, so the other thread reduces while
     # the calling thread collects (NOTE: [Streamed sum of squares]); uneven sizes cross chunk ends.
     torch.manual_seed(0)
@@ -420,7 +430,7 @@ def test_sumsq_collect_reduces_while_collecting_with_the_bits_of_sumsq(dtype):
     params = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
     for p in params:
         p.grad = torch.randn_like(p)
-    sp = _step_pointers()
+    sp = _step_pointers(raw)
     plan, per, total = _norm_plan_for(params)
     segments = [(params[:100], _C.PtrList([p.data_ptr() for p in params[:100]])),
                 (params[100:], _C.PtrList([p.data_ptr() for p in params[100:]]))]
@@ -511,3 +521,14 @@ def test_streamed_step_matches_torch_with_two_groups_and_a_grad_missing_later():
     for p in ours:
         p.grad = torch.randn_like(p)
     assert opt._streamed_sumsq(torch.get_num_threads()) is not None
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
+def test_step_pointers_raise_torchs_error_for_a_tensor_without_storage(raw):
+    sp = _step_pointers(raw)
+    sparse = torch.sparse_coo_tensor([[0, 1]], [1.0, 2.0], (3,))
+    with pytest.raises(RuntimeError, match="doesn't have storage"):
+        sparse.data_ptr()
+    with pytest.raises(RuntimeError, match="doesn't have storage"):
+        sp.collect([sparse], _C.PtrList([0]))

@@ -42,6 +42,29 @@ _grad_of = operator.attrgetter("grad")
 _STEP_POINTERS = _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
 
 
+def _use_raw_data_ptr(sp: Any) -> bool:
+    """Read data pointers through torch's C function for compiled code (NOTE: [Raw data pointer]
+    in csrc/step_pointers.cpp), if this torch has it and it agrees with ``data_ptr()``."""
+    fn = getattr(getattr(getattr(torch._C, "_dynamo", None), "guards", None), "_torchinductor_pyobject_tensor_data_ptr", None)
+    if not isinstance(fn, int) or fn == 0:
+        return False
+    sp.set_raw_data_ptr(fn)
+    try:  # a probe: a view at an offset, its grad, a bf16 param
+        probe = [torch.nn.Parameter(torch.zeros(8)[3:]), torch.nn.Parameter(torch.zeros(5, dtype=torch.bfloat16))]
+        for p in probe:
+            p.grad = torch.ones(12, dtype=p.dtype)[2 : 2 + p.numel()]
+        got = sp.collect(probe, _C.PtrList([p.data_ptr() for p in probe]))
+        if isinstance(got, _C.PtrList) and list(got) == [p.grad.data_ptr() for p in probe]:
+            return True
+    except Exception:  # noqa: BLE001 - anything unexpected: the portable path
+        pass
+    sp.set_raw_data_ptr(0)
+    return False
+
+
+_use_raw_data_ptr(_STEP_POINTERS)
+
+
 def _profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.optim.Optimizer.profile_hook_step`` with the profiler range only while a profiler runs.
 
