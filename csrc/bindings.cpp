@@ -19,14 +19,15 @@
 #include "playbook/ghost_bn.h"
 #include "playbook/optim.h"
 #include "playbook/tensor.h"
+#include "step_pointers.h"
 
 namespace py = pybind11;
 
 namespace playbook {
 
-// The per-step pointer lists (param and grad data_ptr()s). A list of ints is read directly; anything
-// else goes through pybind11's sequence caster (which costs ~7 ns per element: a step of 400 small
-// tensors converts 1,200 of them).
+// The per-step pointer lists (param and grad data_ptr()s). A PtrList (csrc/step_pointers.h) is
+// copied, a list of ints is read directly; anything else goes through pybind11's sequence caster
+// (which costs ~7 ns per element: a step of 400 small tensors converts 1,200 of them).
 struct StepPtrs {
   std::vector<int64_t> v;
 };
@@ -41,6 +42,10 @@ struct type_caster<playbook::StepPtrs> {
   PYBIND11_TYPE_CASTER(playbook::StepPtrs, const_name("list[int]"));
 
   bool load(handle src, bool convert) {
+    if (isinstance<playbook::PtrList>(src)) {
+      value.v = src.cast<const playbook::PtrList&>().v;
+      return true;
+    }
     PyObject* list = src.ptr();
     if (PyList_CheckExact(list)) {
       const Py_ssize_t n = PyList_GET_SIZE(list);
@@ -130,6 +135,47 @@ class GradNormPlan {
     std::vector<TensorDesc> descs(layout_.size());
     for (size_t i = 0; i < descs.size(); ++i) descs[i] = layout_.desc(i, 1);  // any non-null
     return cuda::sumsq_scratch_bytes(descs);
+  }
+
+  // Collects the grad pointers of the params of `segments` ([(params, param_ptrs), ...], in the
+  // plan's order) while the other threads reduce the grads already collected (CPU; NOTE: [Streamed
+  // sum of squares] in csrc/cpu/norm.cpp). Returns False if a param moved, None if a grad is None or
+  // not contiguous (nothing written: the caller takes the checked path), else the grad pointers
+  // of each segment (PtrList). Holds the GIL throughout: only the calling thread touches Python.
+  py::object sumsq_collect(StepPointers& sp, const py::list& segments, int64_t per_tensor_ptr,
+                           int64_t total_ptr, int num_threads) const {
+    PLAYBOOK_CHECK(layout_.device == kCPUDevice, "sumsq_collect runs on the CPU, this plan is on device ",
+                   layout_.device);
+    std::vector<py::list> params;
+    std::vector<PtrList> out;
+    size_t n = 0;
+    for (py::handle seg : segments) {
+      auto pair = seg.cast<py::tuple>();
+      params.push_back(pair[0].cast<py::list>());
+      const PtrList& pptrs = pair[1].cast<const PtrList&>();
+      if (!sp.params_in_place(params.back(), pptrs)) return py::bool_(false);
+      out.push_back(PtrList{std::vector<int64_t>(pptrs.v.size())});
+      n += pptrs.v.size();
+    }
+    layout_.check_ptrs(Ptrs(n), "grad");
+    std::vector<TensorDesc> descs(n);
+    for (size_t i = 0; i < n; ++i) descs[i] = layout_.desc(i, 0);
+    size_t seg = 0, base = 0;  // produce(i) runs for i = 0, 1, ... in order
+    auto produce = [&](size_t i, void** data) {
+      while (i - base >= out[seg].v.size()) base += out[seg++].v.size();
+      int64_t& slot = out[seg].v[i - base];
+      if (!sp.grad_pointer(PyList_GET_ITEM(params[seg].ptr(), static_cast<Py_ssize_t>(i - base)), &slot)) {
+        return false;
+      }
+      *data = as_ptr<void>(slot);
+      return true;
+    };
+    if (!cpu::sumsq_streamed(descs, produce, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads)) {
+      return py::none();
+    }
+    py::list result;
+    for (PtrList& p : out) result.append(py::cast(std::move(p)));
+    return result;
   }
 
   void sumsq(const StepPtrs& grad_list, int64_t per_tensor_ptr, int64_t total_ptr, int num_threads,
@@ -379,41 +425,13 @@ void init_info(py::module_& m) {
   m.attr("kClippedIdx") = static_cast<int>(kClippedIdx);
 }
 
-// NOTE: [Grad pointers in one pass]
-// Every step needs the data pointer of each param's grad and the proof that the grad is
-// contiguous. Gathered in Python that is three passes over the params (grad, data_ptr(),
-// is_contiguous()), each building a list, ~20 ns per element and pass before torch does anything:
-// for 400 small tensors a third of the step. This makes one pass, calling the methods the Python
-// layer passes in (torch.Tensor.data_ptr / is_contiguous: csrc knows no torch), and returns the
-// pointers, or None when some grad is missing (None) or not contiguous: the caller then takes its
-// checked slow path. Errors raised by those calls propagate unchanged.
-py::object grad_data_ptrs(const py::list& params, const py::handle& data_ptr, const py::handle& is_contiguous) {
-  static PyObject* grad_name = PyUnicode_InternFromString("grad");
-  const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
-  py::object out = py::reinterpret_steal<py::object>(PyList_New(n));
-  if (!out) throw py::error_already_set();
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(PyList_GET_ITEM(params.ptr(), i), grad_name));
-    if (!grad) throw py::error_already_set();
-    if (grad.is_none()) return py::none();
-    py::object contiguous = py::reinterpret_steal<py::object>(PyObject_CallOneArg(is_contiguous.ptr(), grad.ptr()));
-    if (!contiguous) throw py::error_already_set();
-    if (contiguous.ptr() != Py_True) return py::none();
-    PyObject* ptr = PyObject_CallOneArg(data_ptr.ptr(), grad.ptr());
-    if (ptr == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(out.ptr(), i, ptr);  // steals the reference
-  }
-  return out;
-}
-
 void init_norm(py::module_& m) {
-  m.def("grad_data_ptrs", &grad_data_ptrs, py::arg("params"), py::arg("data_ptr"), py::arg("is_contiguous"),
-        "[p.grad.data_ptr() for p in params] in one pass (NOTE: [Grad pointers in one pass] in bindings.cpp), "
-        "or None if a grad is None or not contiguous");
   py::class_<GradNormPlan>(m, "GradNormPlan")
       .def(py::init<int, const Ptrs&, const std::vector<int>&>(), py::arg("device"), py::arg("numels"),
            py::arg("dtypes"))
       .def("scratch_bytes", &GradNormPlan::scratch_bytes)
+      .def("sumsq_collect", &GradNormPlan::sumsq_collect, py::arg("step_pointers"), py::arg("segments"),
+           py::arg("per_tensor_ptr"), py::arg("total_ptr"), py::arg("num_threads"))
       .def("sumsq", &GradNormPlan::sumsq, py::arg("grad_ptrs"), py::arg("per_tensor_ptr"),
            py::arg("total_ptr"), py::arg("num_threads"), py::arg("scratch_ptr"), py::arg("scratch_bytes"),
            py::arg("stream"), py::call_guard<py::gil_scoped_release>());
@@ -638,6 +656,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "playbook's compiled core (torch-agnostic C++/CUDA kernels)";
   py::register_exception<playbook::ValueError>(m, "CoreValueError", PyExc_ValueError);
   playbook::init_info(m);
+  playbook::init_step_pointers(m);
   playbook::init_norm(m);
   playbook::init_adam(m);
   playbook::init_nadam(m);

@@ -25,11 +25,11 @@ int64_t dtype_size(DType dtype) {
   return 0;
 }
 
-void check_tensor_list(const std::vector<TensorDesc>& tensors, const char* what) {
+void check_tensor_list(const std::vector<TensorDesc>& tensors, const char* what, bool check_data) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorDesc& t = tensors[i];
     PLAYBOOK_CHECK(t.numel >= 0, what, " tensor ", i, " has numel=", t.numel, ", expected >= 0");
-    PLAYBOOK_CHECK(t.numel == 0 || t.data != nullptr, what, " tensor ", i, " has a null data pointer");
+    PLAYBOOK_CHECK(!check_data || t.numel == 0 || t.data != nullptr, what, " tensor ", i, " has a null data pointer");
     PLAYBOOK_CHECK(t.dtype == DType::kFloat32 || t.dtype == DType::kBFloat16 || t.dtype == DType::kFloat16,
                    what, " tensor ", i, " has dtype code ", static_cast<int>(t.dtype),
                    ", expected float32 (0), bfloat16 (1) or float16 (2)");

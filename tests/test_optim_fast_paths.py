@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -232,8 +234,9 @@ def test_cached_plans_follow_every_change_like_torch(event, family):
 
 
 # ---------------------------------------------------------------------------- per-step host work
-# A step over many small tensors is mostly host work: the grad pointers are gathered in one pass
-# in C (NOTE: [Grad pointers in one pass]), pointer lists are read directly (StepPtrs), problems
+# A step over many small tensors is mostly host work: the param and grad pointers are gathered in
+# one C pass (NOTE: [Step pointers]) while another thread already reduces the grads (NOTE: [Streamed
+# sum of squares]), pointer lists stay in C++ (PtrList) or are read directly (StepPtrs), problems
 # from 64K elements run on the thread pool (kMinParallelElements) and the step's profiler range
 # is entered only while a profiler runs (_profile_hook_step).
 
@@ -268,19 +271,58 @@ def test_200k_params_in_400_tensors_bitwise_across_threads_and_like_torch():
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
 
 
-def test_grad_data_ptrs_gathers_pointers_or_defers_to_the_checked_path():
+def _step_pointers(raw: bool = True):
+    """A StepPointers as the optimizer builds it; raw=False without torch's raw data-pointer function
+    (NOTE: [Raw data pointer]), the path taken on a torch that does not have it."""
+    from playbook.optim._base import _use_raw_data_ptr
+
+    sp = _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
+    if raw:
+        assert _use_raw_data_ptr(sp) and sp.has_raw_data_ptr  # torch 2.13 has it
+    assert sp.has_raw_data_ptr == raw
+    return sp
+
+
+class _OwnDataPtr(torch.Tensor):
+    """A subclass that overrides data_ptr: StepPointers must call the override, not torch's."""
+
+    calls = 0
+
+    def data_ptr(self):
+        type(self).calls += 1
+        return super().data_ptr()
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
+def test_step_pointers_check_params_and_gather_grads_or_defer_to_the_checked_path(raw):
+    sp = _step_pointers(raw)
     params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(5)]
     for p in params:
         p.grad = torch.randn_like(p)
-    got = _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
-    assert got == [p.grad.data_ptr() for p in params]
-    assert _C.grad_data_ptrs([], torch.Tensor.data_ptr, torch.Tensor.is_contiguous) == []
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+    got = sp.collect(params, pptrs)
+    assert isinstance(got, _C.PtrList) and list(got) == [p.grad.data_ptr() for p in params]
+    assert got.tolist() == [p.grad.data_ptr() for p in params] and len(got) == 5 and got[-1] == got[4]
+    assert sp.direct(params[0]) and sp.direct(params[0].grad)  # Parameter and Tensor: the C functions
+    assert list(sp.collect([], _C.PtrList([]))) == []
+    # a param whose storage moved, or a list of another length: False (the plans must be rebuilt)
+    assert sp.collect(params[:4], pptrs) is False
+    params[3].data = torch.randn(4, 3)
+    assert sp.collect(params, pptrs) is False
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
     params[2].grad = None
-    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    assert sp.collect(params, pptrs) is None
     params[2].grad = torch.randn(3, 4).t()  # right shape, not contiguous
-    assert _C.grad_data_ptrs(params, torch.Tensor.data_ptr, torch.Tensor.is_contiguous) is None
+    assert sp.collect(params, pptrs) is None
     with pytest.raises(AttributeError):
-        _C.grad_data_ptrs([object()], torch.Tensor.data_ptr, torch.Tensor.is_contiguous)
+        sp.collect([object()], _C.PtrList([0]))
+    # a subclass that overrides a method is called through Python: its override runs
+    sub = torch.randn(3).as_subclass(_OwnDataPtr)
+    sub.grad = torch.randn(3)
+    assert not sp.direct(sub)
+    before = _OwnDataPtr.calls
+    assert list(sp.collect([sub], _C.PtrList([sub.data_ptr()]))) == [sub.grad.data_ptr()]
+    assert _OwnDataPtr.calls == before + 2  # the test's own call and the param check
     # the optimizer turns the non-contiguous grad into its clear error, and writes nothing
     opt = playbook.optim.Adam(params, lr=0.1)
     before = [p.detach().clone() for p in params]
@@ -290,6 +332,28 @@ def test_grad_data_ptrs_gathers_pointers_or_defers_to_the_checked_path():
     params[2].grad = params[2].grad.contiguous()
     opt.step()
     assert not any(torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_step_after_a_param_storage_moves_rebuilds_and_matches_torch():
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = playbook.optim.Adam(ours, lr=0.1)
+    topt = torch.optim.Adam(ref, lr=0.1, foreach=False)
+    for it in range(4):
+        if it == 2:  # new storage for one param: the cached pointer must not be written
+            old = ours[1].data
+            ours[1].data = old.clone()
+            ref[1].data = ref[1].data.clone()
+            kept = old.clone()
+        for p, q in zip(ours, ref):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        topt.step()
+    assert torch.equal(old, kept)  # the old storage was left alone
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_plan_pointer_lists_take_any_int_sequence_and_reject_others():
@@ -345,3 +409,126 @@ def test_step_hooks_run_as_in_torch_and_the_profiler_sees_the_step():
         opt.step()
     names = {e.name for e in prof.events()}
     assert "Optimizer.step#Adam.step" in names
+
+
+def _norm_plan_for(params):
+    from playbook._tensors import dtype_code
+
+    plan = _C.GradNormPlan(-1, [p.numel() for p in params], [dtype_code(p.dtype, "param") for p in params])
+    per = torch.full((len(params),), -1.0, dtype=torch.float64)
+    total = torch.full((1,), -1.0, dtype=torch.float64)
+    return plan, per, total
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sumsq_collect_reduces_while_collecting_with_the_bits_of_sumsq(dtype, raw):
+    # 300 tensors, 130K elements: above the 2-thread threshold, so the other thread reduces while
+    # the calling thread collects (NOTE: [Streamed sum of squares]); uneven sizes cross chunk ends.
+    torch.manual_seed(0)
+    sizes = [int(s) for s in torch.randint(1, 900, (300,))] + [20000]
+    params = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sp = _step_pointers(raw)
+    plan, per, total = _norm_plan_for(params)
+    segments = [(params[:100], _C.PtrList([p.data_ptr() for p in params[:100]])),
+                (params[100:], _C.PtrList([p.data_ptr() for p in params[100:]]))]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            got = plan.sumsq_collect(sp, segments, per.data_ptr(), total.data_ptr(), n_threads)
+            assert [list(g) for g in got] == [[p.grad.data_ptr() for p in ps] for ps, _ in segments]
+            results.append((per.clone(), total.clone()))
+            # the two-pass path: the same bits
+            per2, total2 = per.clone().fill_(-1), total.clone().fill_(-1)
+            plan.sumsq([p.grad.data_ptr() for p in params], per2.data_ptr(), total2.data_ptr(), n_threads, 0, 0, 0)
+            assert torch.equal(per2, per) and torch.equal(total2, total)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    ref = torch.stack([p.grad.double().pow(2).sum() for p in params])
+    torch.testing.assert_close(per, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(total, ref.sum().reshape(1), rtol=1e-12, atol=0)
+
+
+def test_sumsq_collect_writes_nothing_when_it_stops_or_fails():
+    params = [torch.nn.Parameter(torch.randn(700)) for _ in range(200)]  # 140K elements: 2 threads
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sp = _step_pointers()
+    plan, per, total = _norm_plan_for(params)
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+
+    def unchanged():
+        return bool((per == -1).all()) and float(total) == -1
+
+    threads = max(2, torch.get_num_threads())
+    params[150].grad = None  # late in the list: the other thread has reduced earlier grads by then
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is None
+    assert unchanged()
+    params[150].grad = torch.randn(1400)[::2]  # not contiguous
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is None
+    assert unchanged()
+    params[150].grad = torch.randn(700)
+    params[7].data = torch.randn(700)  # a param moved: False, before any grad is read
+    assert plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads) is False
+    assert unchanged()
+    pptrs = _C.PtrList([p.data_ptr() for p in params])
+    bad = list(params)
+
+    class Boom(torch.Tensor):  # an exception raised by torch-level code midway propagates
+        @property
+        def grad(self):
+            raise RuntimeError("boom")
+
+    bad[120] = torch.randn(700).as_subclass(Boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        plan.sumsq_collect(sp, [(bad, _C.PtrList([p.data_ptr() for p in bad]))], per.data_ptr(), total.data_ptr(), threads)
+    assert unchanged()
+    got = plan.sumsq_collect(sp, [(params, pptrs)], per.data_ptr(), total.data_ptr(), threads)
+    assert list(got[0]) == [p.grad.data_ptr() for p in params]
+    ref = torch.stack([p.grad.double().pow(2).sum() for p in params])
+    torch.testing.assert_close(per, ref, rtol=1e-12, atol=0)
+
+
+def test_streamed_step_matches_torch_with_two_groups_and_a_grad_missing_later():
+    torch.manual_seed(1)
+    shapes = [(300,), (40, 30), (7,), (2000,)] * 30
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "weight_decay": 0.1}]  # noqa: E731
+    opt = playbook.optim.Adam(groups(ours), lr=1e-2, max_grad_norm=5.0)
+    topt = torch.optim.Adam(groups(ref), lr=1e-2, foreach=False)
+    for it in range(5):
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            if it == 3 and i == 57:  # no grad this step: not updated (torch semantics), via the checked path
+                p.grad = q.grad = None
+                continue
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        want = torch.tensor([float("nan") if q.grad is None else q.grad.double().norm() for q in ref[::2] + ref[1::2]])
+        opt.step()
+        torch.nn.utils.clip_grad_norm_([q for q in ref if q.grad is not None], 5.0)
+        topt.step()
+        per = opt.grad_norms(per_tensor=True)
+        torch.testing.assert_close(per.double(), want, rtol=1e-6, atol=0, equal_nan=True)
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # every grad present again: the streamed path applies (the steps above took it too)
+    for p in ours:
+        p.grad = torch.randn_like(p)
+    assert opt._streamed_sumsq(torch.get_num_threads()) is not None
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-data-ptr", "descriptors"])
+def test_step_pointers_raise_torchs_error_for_a_tensor_without_storage(raw):
+    sp = _step_pointers(raw)
+    sparse = torch.sparse_coo_tensor([[0, 1]], [1.0, 2.0], (3,))
+    with pytest.raises(RuntimeError, match="doesn't have storage"):
+        sparse.data_ptr()
+    with pytest.raises(RuntimeError, match="doesn't have storage"):
+        sp.collect([sparse], _C.PtrList([0]))

@@ -1,6 +1,9 @@
 // Global gradient norm on the CPU: sum of squares per tensor and in total, then the clip
 // decision (NOTE: [Step pipeline], NOTE: [Step state] in playbook/optim.h).
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <functional>
 #include <vector>
 
 #include "cpu/chunks.h"
@@ -12,12 +15,39 @@
 namespace playbook {
 namespace cpu {
 
-void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, double* total,
-           int num_threads) {
-  check_tensor_list(tensors, "grad");
+namespace {
+
+void check_sumsq_args(const std::vector<TensorDesc>& tensors, const double* total) {
   PLAYBOOK_CHECK(total != nullptr, "sumsq needs an output pointer for the total");
   PLAYBOOK_CHECK(tensors.empty() || tensors[0].device == kCPUDevice,
                  "cpu::sumsq got tensors on device ", tensors.empty() ? 0 : tensors[0].device);
+}
+
+// Fixed order: chunks of a tensor in order, then tensors in order.
+void combine(const std::vector<Chunk>& chunks, const std::vector<double>& partial, size_t num_tensors,
+             double* per_tensor_sumsq, double* total) {
+  std::vector<double> per_tensor(num_tensors, 0.0);
+  for (size_t c = 0; c < chunks.size(); ++c) per_tensor[chunks[c].tensor] += partial[c];
+  double sum = 0.0;
+  for (size_t i = 0; i < num_tensors; ++i) {
+    sum += per_tensor[i];
+    if (per_tensor_sumsq != nullptr) per_tensor_sumsq[i] = per_tensor[i];
+  }
+  *total = sum;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
+void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, double* total,
+           int num_threads) {
+  check_tensor_list(tensors, "grad");
+  check_sumsq_args(tensors, total);
   const std::vector<Chunk> chunks = make_chunks(tensors);
   std::vector<double> partial(chunks.size());
   const KernelTable& k = kernels();
@@ -26,15 +56,77 @@ void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, dou
     const TensorDesc& t = tensors[ch.tensor];
     partial[c] = k.sumsq(element_ptr(t, ch.begin), ch.size, t.dtype);
   });
-  // Fixed order: chunks of a tensor in order, then tensors in order.
-  std::vector<double> per_tensor(tensors.size(), 0.0);
-  for (size_t c = 0; c < chunks.size(); ++c) per_tensor[chunks[c].tensor] += partial[c];
-  double sum = 0.0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    sum += per_tensor[i];
-    if (per_tensor_sumsq != nullptr) per_tensor_sumsq[i] = per_tensor[i];
-  }
-  *total = sum;
+  combine(chunks, partial, tensors.size(), per_tensor_sumsq, total);
+}
+
+// NOTE: [Streamed sum of squares]
+// An optimizer step first collects every grad's data pointer from Python, one torch call after
+// another on the calling thread (~50 us for 400 tensors), and only then reduces them. Here the
+// reduction runs alongside the collection (NOTE: [Producer thread] in parallel.cpp): the calling
+// thread publishes the pointers collected so far (`ready` = i + 1, release) whenever they complete
+// a work item, and the other threads take the packed work items (NOTE: [Packed work items]) in order, each waiting until the
+// last tensor of its item is out. The chunks, the per-chunk kernel and the combining order are
+// those of sumsq, so the results are the same bits. A stop (or an exception) in produce publishes
+// everything at once with `stop` set: the waiting threads then skip their items and nothing is
+// written.
+bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<bool(size_t, void**)>& produce,
+                    double* per_tensor_sumsq, double* total, int num_threads) {
+  check_tensor_list(tensors, "grad", /*check_data=*/false);  // the pointers come from produce
+  check_sumsq_args(tensors, total);
+  std::vector<TensorDesc> descs = tensors;
+  const std::vector<Chunk> chunks = make_chunks(descs);
+  const std::vector<ChunkRange> items = pack_chunks(chunks);
+  std::vector<double> partial(chunks.size());
+  const KernelTable& k = kernels();
+  std::atomic<size_t> ready{0};
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::exception_ptr error;
+  const size_t n = descs.size();
+  // Tensor counts at which a work item becomes ready: `ready` is stored only there (a store per
+  // tensor would move its cache line between the cores ~400 times a step while a worker polls it).
+  std::vector<size_t> publish_at(items.size());
+  for (size_t it = 0; it < items.size(); ++it) publish_at[it] = static_cast<size_t>(chunks[items[it].last - 1].tensor) + 1;
+  auto produce_all = [&]() {
+    try {
+      size_t next_publish = 0;
+      for (size_t i = 0; i < n; ++i) {
+        void* data = nullptr;
+        if (!produce(i, &data) || (data == nullptr && descs[i].numel > 0)) {
+          stop.store(true, std::memory_order_relaxed);
+          break;
+        }
+        descs[i].data = data;
+        if (next_publish < publish_at.size() && publish_at[next_publish] == i + 1) {
+          ready.store(i + 1, std::memory_order_release);
+          while (next_publish < publish_at.size() && publish_at[next_publish] <= i + 1) ++next_publish;
+        }
+      }
+    } catch (...) {
+      error = std::current_exception();
+      stop.store(true, std::memory_order_relaxed);
+    }
+    ready.store(n, std::memory_order_release);  // never leave a worker waiting
+  };
+  auto work = [&]() {
+    for (;;) {
+      const size_t it = next.fetch_add(1, std::memory_order_relaxed);
+      if (it >= items.size()) return;
+      const size_t needed = static_cast<size_t>(chunks[items[it].last - 1].tensor) + 1;
+      while (ready.load(std::memory_order_acquire) < needed) cpu_relax();
+      if (stop.load(std::memory_order_relaxed)) continue;  // ready == n was stored after stop
+      for (size_t c = items[it].first; c < items[it].last; ++c) {
+        const Chunk& ch = chunks[c];
+        const TensorDesc& t = descs[ch.tensor];
+        partial[c] = k.sumsq(element_ptr(t, ch.begin), ch.size, t.dtype);
+      }
+    }
+  };
+  run_with_producer(threads_for(total_numel(descs), num_threads), produce_all, work);
+  if (error) std::rethrow_exception(error);
+  if (stop.load(std::memory_order_relaxed)) return false;
+  combine(chunks, partial, n, per_tensor_sumsq, total);
+  return true;
 }
 
 void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const StepState& state) {

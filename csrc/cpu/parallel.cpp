@@ -35,5 +35,18 @@ void parallel_for(int64_t num_items, int num_threads, const std::function<void(i
   }
 }
 
+void run_with_producer(int num_threads, const std::function<void()>& produce, const std::function<void()>& work) {
+  if (num_threads <= 1 || omp_in_parallel()) {
+    produce();
+    work();
+    return;
+  }
+#pragma omp parallel num_threads(num_threads)
+  {
+    if (omp_get_thread_num() == 0) produce();  // the calling thread (OpenMP's master)
+    work();
+  }
+}
+
 }  // namespace cpu
 }  // namespace playbook

@@ -17,5 +17,13 @@ namespace cpu {
 // thread included). Items are handed out dynamically; fn must not throw.
 void parallel_for(int64_t num_items, int num_threads, const std::function<void(int64_t)>& fn);
 
+// NOTE: [Producer thread]
+// Runs produce() on the calling thread while up to num_threads - 1 other threads run work(); the
+// calling thread runs work() too once produce() returns. produce() may call into Python (the caller
+// holds the GIL; the other threads never touch Python); work() hands itself items and may wait for
+// what produce() publishes, so produce() must always finish publishing (also when it fails).
+// Neither may throw. With one thread (or inside a parallel region): produce(), then work().
+void run_with_producer(int num_threads, const std::function<void()>& produce, const std::function<void()>& work);
+
 }  // namespace cpu
 }  // namespace playbook

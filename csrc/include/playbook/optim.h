@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "playbook/tensor.h"
@@ -148,6 +149,13 @@ bool set_simd_level(const char* level);
 
 void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, double* total,
            int num_threads);
+// sumsq of tensors whose data pointers are not known yet (NOTE: [Streamed sum of squares] in
+// csrc/cpu/norm.cpp): produce(i, &data) runs on the calling thread for i = 0, 1, ... in order and
+// returns false to stop; the other threads reduce each tensor as soon as its pointer is out. On a
+// stop nothing is written and false is returned; an exception thrown by produce is rethrown after
+// the threads have finished. Results are bit-identical to sumsq's.
+bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<bool(size_t, void**)>& produce,
+                    double* per_tensor_sumsq, double* total, int num_threads);
 void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const StepState& state);
 void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_values, int num_threads);
 void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int num_threads);
@@ -180,7 +188,7 @@ void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, 
 
 // Argument checks shared by the CPU and CUDA entry points (csrc/common.cpp): same lengths,
 // matching dtype/numel between params and grads, non-null pointers, a single device.
-void check_tensor_list(const std::vector<TensorDesc>& tensors, const char* what);
+void check_tensor_list(const std::vector<TensorDesc>& tensors, const char* what, bool check_data = true);
 void check_param_grad_pairs(const std::vector<TensorDesc>& params, const std::vector<TensorDesc>& grads);
 void check_state_list(const std::vector<float*>& state, size_t n, const char* what);
 

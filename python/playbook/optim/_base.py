@@ -18,6 +18,7 @@ A step only collects the param and grad pointers.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -36,6 +37,32 @@ from playbook._tensors import CPU_DEVICE, device_index, dtype_code, ptr, stream_
 _is_contiguous = torch.Tensor.is_contiguous
 _data_ptr = torch.Tensor.data_ptr  # map(_data_ptr, ts) == [t.data_ptr() for t in ts], without the per-item lookup
 _grad_of = operator.attrgetter("grad")
+# A step's param and grad pointers in one C pass (NOTE: [Step pointers] in csrc/step_pointers.cpp):
+# built from the descriptors torch.Tensor resolves these names to.
+_STEP_POINTERS = _C.StepPointers(*(inspect.getattr_static(torch.Tensor, n) for n in ("grad", "data_ptr", "is_contiguous")))
+
+
+def _use_raw_data_ptr(sp: Any) -> bool:
+    """Read data pointers through torch's C function for compiled code (NOTE: [Raw data pointer]
+    in csrc/step_pointers.cpp), if this torch has it and it agrees with ``data_ptr()``."""
+    fn = getattr(getattr(getattr(torch._C, "_dynamo", None), "guards", None), "_torchinductor_pyobject_tensor_data_ptr", None)
+    if not isinstance(fn, int) or fn == 0:
+        return False
+    sp.set_raw_data_ptr(fn)
+    try:  # a probe: a view at an offset, its grad, a bf16 param
+        probe = [torch.nn.Parameter(torch.zeros(8)[3:]), torch.nn.Parameter(torch.zeros(5, dtype=torch.bfloat16))]
+        for p in probe:
+            p.grad = torch.ones(12, dtype=p.dtype)[2 : 2 + p.numel()]
+        got = sp.collect(probe, _C.PtrList([p.data_ptr() for p in probe]))
+        if isinstance(got, _C.PtrList) and list(got) == [p.grad.data_ptr() for p in probe]:
+            return True
+    except Exception:  # noqa: BLE001 - anything unexpected: the portable path
+        pass
+    sp.set_raw_data_ptr(0)
+    return False
+
+
+_use_raw_data_ptr(_STEP_POINTERS)
 
 
 def _profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -145,7 +172,7 @@ class _DevicePlan:
     device: torch.device
     params: list[torch.Tensor]
     stateless: list[torch.Tensor]  # params of this group/device with no grad yet (no state)
-    param_ptrs: list[int]
+    param_ptrs: Any  # _C.PtrList of the local tensors' data_ptr()s
     numels: list[int]
     dtypes: list[int]
     plan: Any  # _C.AdamPlan / NAdamPlan / SGDPlan
@@ -424,7 +451,7 @@ class FusedOptimizer(Optimizer):
                     self._check_buffer(p, key, st[key])
             plan = self._make_plan(device_index(device), numels, dtypes, states, group)
             devices.append(_DevicePlan(
-                device, with_state, stateless, [p.data_ptr() for p in locals_], numels, dtypes, plan,
+                device, with_state, stateless, _C.PtrList([p.data_ptr() for p in locals_]), numels, dtypes, plan,
                 self._buffer_keys(group), all(p.is_contiguous() for p in locals_), dtensor,
             ))
         cache = _GroupCache(params, len(params), devices)
@@ -449,7 +476,11 @@ class FusedOptimizer(Optimizer):
             )
 
     def _needs_build(self, gi: int, group: dict[str, Any]) -> bool:
-        """Whether group ``gi``'s plans must be rebuilt (new params, storage, state or grads)."""
+        """Whether group ``gi``'s plans must be rebuilt (new params, state or grads).
+
+        A param whose storage moved is found by ``_prepare_group`` (the pointer check rides on
+        the grad pointer pass), except for DTensor params, checked here.
+        """
         cache = self._groups.get(gi)
         if cache is None or cache.params is not group["params"] or cache.length != len(group["params"]):
             return True
@@ -457,8 +488,7 @@ class FusedOptimizer(Optimizer):
         for dp in cache.devices:
             if keys != dp.buffer_keys or (dp.stateless and any(p.grad is not None for p in dp.stateless)):
                 return True
-            ptrs = [p.data_ptr() for p in dp.params] if dp.dtensor else list(map(_data_ptr, dp.params))
-            if ptrs != dp.param_ptrs:
+            if dp.dtensor and [p.data_ptr() for p in dp.params] != dp.param_ptrs.tolist():
                 return True
         return False
 
@@ -489,20 +519,25 @@ class FusedOptimizer(Optimizer):
                 self._validate_grad(p, g, f"a param of shape {tuple(p.shape)}")
         return [ptr(g) for g in grads]
 
-    def _prepare_group(self, gi: int, group: dict[str, Any], rebuilt: bool = False) -> list[tuple[_DevicePlan, list[int], list[int]]]:
-        cache = self._groups.get(gi)
-        if not rebuilt and self._needs_build(gi, group):
-            cache = self._build_group(gi, group)
+    def _prepare_group(self, gi: int, group: dict[str, Any]) -> list[tuple[_DevicePlan, Any, Any]] | None:
+        """(device plan, param pointers, grad pointers) per device of a group whose plans are
+        current, or None if a param's storage moved since the plans were built (rebuild first).
+
+        Writes nothing; raises the clear error for a grad the kernels cannot take.
+        """
         out = []
-        for dp in cache.devices:
+        for dp in self._groups[gi].devices:
             if not dp.params:  # no param of this group/device has had a grad: nothing to update
                 continue
             gptrs = None
-            if dp.all_contiguous and not dp.dtensor:
-                try:  # one pass in C: every grad present and contiguous, or None
-                    gptrs = _C.grad_data_ptrs(dp.params, _data_ptr, _is_contiguous)
-                except (TypeError, AttributeError, RuntimeError):
-                    gptrs = None  # the checked path below raises the clear error
+            if not dp.dtensor:
+                try:  # one C pass (NOTE: [Step pointers]): False (a param moved), None (a grad is
+                    # missing or not contiguous: the checked path below) or the grad pointers
+                    gptrs = _STEP_POINTERS.collect(dp.params, dp.param_ptrs)
+                except (TypeError, AttributeError, RuntimeError):  # the checked path raises the clear error
+                    gptrs = None if list(map(_data_ptr, dp.params)) == dp.param_ptrs.tolist() else False
+                if gptrs is False:
+                    return None
             if gptrs is None:
                 grads = _distributed.local_grads(dp.params) if dp.dtensor else list(map(_grad_of, dp.params))
                 gptrs = self._grad_ptrs(dp, grads)
@@ -590,6 +625,85 @@ class FusedOptimizer(Optimizer):
         t = lr.to(device=device, dtype=torch.float32, non_blocking=True)
         return 0.0, t.data_ptr(), t
 
+    def _prepare_all(self) -> list[tuple[dict[str, Any], tuple[_DevicePlan, Any, Any]]]:
+        """(group, (device plan, param pointers, grad pointers)) of every group, plans built first.
+
+        NOTE: [All-or-nothing step]
+        Every check that can fail runs before the first write (state created by a plan build, the
+        norm counters, any param): hyperparameters of every group (``step``), then each group either
+        needs no rebuild (its grad pointers are collected, and checked, without writing) or is
+        checked in full first and built only once every group has passed. Groups (or devices of a
+        group) none of whose params has had a grad are skipped, as torch does.
+        """
+        prepared: dict[int, list] = {}
+        to_build = []
+        for gi, group in enumerate(self.param_groups):
+            # Plans current: collecting (and checking) the grad pointers writes nothing.
+            items = None if self._needs_build(gi, group) else self._prepare_group(gi, group)
+            if items is None:
+                self._check_build(gi, group)
+                to_build.append(gi)
+            else:
+                prepared[gi] = items
+        for gi in to_build:
+            self._build_group(gi, self.param_groups[gi])
+            items = self._prepare_group(gi, self.param_groups[gi])
+            if items is None:  # the pointers were taken by the build just now
+                raise RuntimeError("playbook: param storage changed while the optimizer step was being prepared")
+            prepared[gi] = items
+        return [(group, item) for gi, group in enumerate(self.param_groups) for item in prepared[gi]]
+
+    def _sumsq(self, work: list, threads: int) -> tuple[_LastStep, list[torch.device]]:
+        """Launch the sum of squares of every collected grad, per device (in ``work`` order)."""
+        per_device: dict[torch.device, tuple[list[_DevicePlan], list]] = {}
+        for _, (dp, _, gptrs) in work:
+            dps, parts = per_device.setdefault(dp.device, ([], []))
+            dps.append(dp)
+            parts.append(gptrs)
+        last = _LastStep()
+        for device, (dps, parts) in per_device.items():
+            ptrs = parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
+            np_ = self._norm_plan(device, dps)
+            scratch = np_.scratch
+            np_.plan.sumsq(
+                ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
+                ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
+            )
+            last.norm_plans.append((np_, dps, ptrs))
+        return last, list(per_device)
+
+    def _streamed_sumsq(self, threads: int) -> tuple[list, _LastStep, list[torch.device]] | None:
+        """``_prepare_all`` + ``_sumsq`` in one pass when every param with state is a CPU tensor and
+        every plan is current: the grads are reduced while their pointers are being collected
+        (NOTE: [Streamed sum of squares]). None when that does not apply, a param moved, or a grad
+        is missing, not contiguous or rejected: nothing was written, and the checked path runs."""
+        work, dps = [], []
+        for gi, group in enumerate(self.param_groups):
+            for dp in self._groups[gi].devices:
+                if not dp.params:
+                    continue
+                if dp.dtensor or dp.device.type != "cpu":
+                    return None
+                work.append(group)
+                dps.append(dp)
+        if not dps:
+            return None
+        device = dps[0].device
+        np_ = self._norm_plan(device, dps)
+        try:
+            gptrs = np_.plan.sumsq_collect(
+                _STEP_POINTERS, [(dp.params, dp.param_ptrs) for dp in dps],
+                np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
+            )
+        except (TypeError, AttributeError, RuntimeError):  # the checked path raises the clear error
+            return None
+        if not isinstance(gptrs, list):
+            return None
+        last = _LastStep()
+        ptrs = gptrs[0] if len(gptrs) == 1 else list(chain.from_iterable(map(list, gptrs)))
+        last.norm_plans.append((np_, dps, ptrs))
+        return [(g, (dp, dp.param_ptrs, gp)) for g, dp, gp in zip(work, dps, gptrs)], last, [device]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one fused optimization step (global-norm clip, skip on non-finite, update).
@@ -605,49 +719,26 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        # NOTE: [All-or-nothing step]
-        # Every check that can fail runs before the first write (state created by a plan build, the
-        # norm counters, any param): hyperparameters of every group, then each group either needs
-        # no rebuild (its grad pointers are collected, and checked, without writing) or is checked
-        # in full first and built only once every group has passed. Groups (or devices of a group)
-        # none of whose params has had a grad are skipped, as torch does.
-        prepared: dict[int, list] = {}
-        to_build = []
+        # Every check that can fail runs before the first write (NOTE: [All-or-nothing step]).
         for gi, group in enumerate(self.param_groups):
             self._validate_group(group, gi)
-            if self._needs_build(gi, group):
-                self._check_build(gi, group)
-                to_build.append(gi)
-            else:  # its plans are current: collecting (and checking) grad pointers writes nothing
-                prepared[gi] = self._prepare_group(gi, group, rebuilt=True)
-        for gi in to_build:
-            prepared[gi] = self._prepare_group(gi, self.param_groups[gi])
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            for item in prepared[gi]:
-                work.append((group, item))
-        if not work:
-            self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
-            return loss
-
         threads = torch.get_num_threads()
-        # 1. Sum of squares per device, over every grad of the optimizer.
-        per_device: dict[torch.device, tuple[list[_DevicePlan], list[int]]] = {}
-        for _, (dp, _, gptrs) in work:
-            dps, ptrs = per_device.setdefault(dp.device, ([], []))
-            dps.append(dp)
-            ptrs.extend(gptrs)
-        last = _LastStep()
-        totals = []
-        for device, (dps, ptrs) in per_device.items():
-            np_ = self._norm_plan(device, dps)
-            scratch = np_.scratch
-            np_.plan.sumsq(
-                ptrs, np_.per_tensor.data_ptr(), np_.total.data_ptr(), threads,
-                ptr(scratch), 0 if scratch is None else scratch.numel(), stream_handle(device),
-            )
-            last.norm_plans.append((np_, dps, ptrs))
-            totals.append(np_.total)
+        # 1. Sum of squares per device, over every grad of the optimizer: on the CPU while the grad
+        #    pointers are being collected when every plan is current (NOTE: [Streamed sum of
+        #    squares] in csrc/cpu/norm.cpp), else after collecting them (and building plans).
+        if any(self._needs_build(gi, group) for gi, group in enumerate(self.param_groups)):
+            streamed = None
+        else:
+            streamed = self._streamed_sumsq(threads)
+        if streamed is None:
+            work = self._prepare_all()
+            if not work:
+                self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
+                return loss
+            last, per_device = self._sumsq(work, threads)
+        else:
+            work, last, per_device = streamed
+        totals = [np_.total for np_, _, _ in last.norm_plans]
 
         # 2. Global norm, clip factor and skip flag on the primary device (_primary_device).
         caller_found_inf = self.__dict__.pop("_playbook_found_inf", None)
