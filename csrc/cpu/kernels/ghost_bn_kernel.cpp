@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #if defined(__F16C__) || defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -90,14 +91,13 @@ static inline void store_lanes(double* p, V8d v) { __builtin_memcpy(p, &v, sizeo
 static inline V8d splat8(double v) { return V8d{v, v, v, v, v, v, v, v}; }
 
 // NOTE: [Ghost batch norm bf16 vectors]
-// bfloat16 data is widened and rounded in registers, 8 or 16 lanes at a time, instead of through
-// the fp32 block buffers: widening is exact (a 16-bit shift) and the rounding is StoreAs<Bf16>
-// lane by lane, so the bits are those of the block path, which fp16 still takes.
+// bfloat16 data is widened in registers instead of through the fp32 block buffers: the reductions
+// widen 8 values at a time to doubles (a 16-bit shift, exact); the elementwise passes take 32 at a
+// time as even/odd float vectors and round them with StoreAs<Bf16>'s formula (NOTE: [Ghost batch
+// norm bf16 pairs]). The bits are those of the block path, which fp16 still takes.
 typedef uint16_t V8h __attribute__((vector_size(16)));
 typedef uint32_t V8u __attribute__((vector_size(32)));
 typedef float V16f __attribute__((vector_size(64)));
-typedef uint16_t V16h __attribute__((vector_size(32)));
-typedef uint32_t V16u __attribute__((vector_size(64)));
 
 static inline V8f load8f(const float* p) {
   V8f v;
@@ -121,28 +121,6 @@ static inline V8d load8(const Bf16* p) {
 #endif
 }
 
-static inline V16f load16f(const float* p) {
-  V16f v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-static inline V16f load16f(const Bf16* p) {
-  V16h h;
-  __builtin_memcpy(&h, p, sizeof(h));
-  const V16u u = __builtin_convertvector(h, V16u) << 16;
-  V16f v;
-  __builtin_memcpy(&v, &u, sizeof(v));
-  return v;
-}
-static inline void store16(Bf16* p, V16f f) {
-  V16u u;
-  __builtin_memcpy(&u, &f, sizeof(u));
-  const V16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const V16u is_nan = reinterpret_cast<V16u>((u & 0x7fffffffu) > 0x7f800000u);
-  const V16u r = (rounded & ~is_nan) | (is_nan & 0x7fc0u);
-  const V16h h = __builtin_convertvector(r, V16h);
-  __builtin_memcpy(p, &h, sizeof(h));
-}
 static inline V16f splat16(float v) { return V16f{} + v; }
 
 // NOTE: [Ghost batch norm streaming stores]
@@ -575,54 +553,185 @@ void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t 
   }
 }
 
-// ---- bfloat16 overloads (NOTE: [Ghost batch norm bf16 vectors]) --------------------------------
+// ---- bfloat16 overloads (NOTE: [Ghost batch norm bf16 pairs]) -----------------------------------
 // AVX-512 level only: at the AVX2 level the 16-lane generic vectors measured 2x slower than the
 // fp32 blocks, which the other levels keep.
 #ifdef __AVX512F__
 
+// NOTE: [Ghost batch norm bf16 pairs]
+// The elementwise passes take 32 bfloat16 values (one 64-byte load) at a time as two float
+// vectors: the even elements (each 32-bit lane shifted left by 16) and the odd ones (the high
+// halves masked), one instruction each and exact. Each element is computed in its own lane with
+// the same operations as the scalar code, rounded with StoreAs<Bf16>'s integer formula (round to
+// nearest even; NaN to 0x7fc0) keeping the 16 result bits in the high half, and the two vectors
+// are re-interleaved with one shift and one ternary-logic instruction: the bits of the scalar code
+// (and of the earlier 16-lane widening, whose generic vector code cost about twice the
+// instructions). A tail shorter than 32 uses masked loads and stores (lanes past the end compute
+// on zeros and are not stored). Per-channel coefficients (channels-last rows) are split into the
+// same even/odd vectors once per call.
+static inline __m512i bf16_high_mask() { return _mm512_set1_epi32(static_cast<int>(0xffff0000u)); }
+static inline __mmask32 tail_mask32(int64_t n) { return _cvtu32_mask32((1u << n) - 1u); }  // 0 < n < 32
+
+static inline void widen32(__m512i v, V16f* even, V16f* odd) {
+  *even = reinterpret_cast<V16f>(_mm512_slli_epi32(v, 16));
+  *odd = reinterpret_cast<V16f>(_mm512_and_si512(v, bf16_high_mask()));
+}
+// StoreAs<Bf16>::from per lane, the 16 result bits in the high half of the lane.
+static inline __m512i round_bf16_high(V16f f) {
+  const __m512 fv = reinterpret_cast<__m512>(f);
+  const __m512i u = _mm512_castps_si512(fv);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i t = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(fv, fv, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000));
+}
+// The 32 rounded values of widen32's even/odd vectors, in element order.
+static inline __m512i narrow32(V16f even, V16f odd) {
+  // A | (B & C): the even results moved to the low halves, the odd results' high halves.
+  return _mm512_ternarylogic_epi32(_mm512_srli_epi32(round_bf16_high(even), 16), round_bf16_high(odd),
+                                   bf16_high_mask(), 0xF8);
+}
+static inline __m512i load32(const Bf16* p) { return _mm512_loadu_si512(p); }
+static inline __m512i load32(const Bf16* p, __mmask32 k) { return _mm512_maskz_loadu_epi16(k, p); }
+static inline void store32(Bf16* p, __m512i v) { _mm512_storeu_si512(p, v); }
+static inline void store32(Bf16* p, __m512i v, __mmask32 k) { _mm512_mask_storeu_epi16(p, k, v); }
+
+// Per-channel float coefficients p[0..c) as even/odd vectors per 32-channel chunk:
+// out[2q] = p[32q + 0, 2, .., 30], out[2q + 1] = p[32q + 1, 3, .., 31] (zeros past c).
+static inline void split_pairs(const float* p, int64_t c, V16f* out) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t j = 0, q = 0; j < c; j += 32, ++q) {
+    const int64_t n = c - j;
+    const __mmask16 k0 = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+    const __mmask16 k1 = n >= 32 ? static_cast<__mmask16>(0xffff)
+                                 : n <= 16 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (n - 16)) - 1u);
+    const __m512 a = _mm512_maskz_loadu_ps(k0, p + j);
+    const __m512 b = _mm512_maskz_loadu_ps(k1, p + j + 16);
+    out[2 * q] = reinterpret_cast<V16f>(_mm512_permutex2var_ps(a, ie, b));
+    out[2 * q + 1] = reinterpret_cast<V16f>(_mm512_permutex2var_ps(a, io, b));
+  }
+}
+
+// Scratch for split_pairs of `count` coefficient arrays of c channels: on the stack up to 1024
+// channels, else on the heap.
+class PairBuffer {
+ public:
+  PairBuffer(int64_t c, int count) {
+    const int64_t n = (c + 31) / 32 * 2 * count;
+    if (n > kStack) {
+      heap_.resize(static_cast<size_t>(n));
+      data_ = heap_.data();
+    } else {
+      data_ = stack_;
+    }
+  }
+  V16f* data() { return data_; }
+
+ private:
+  static constexpr int64_t kStack = 1024 / 32 * 2 * 5;
+  V16f stack_[kStack];
+  std::vector<V16f> heap_;
+  V16f* data_;
+};
+
 void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), va = splat16(alpha), vb = splat16(beta);
+  V16f e, o;
   int64_t i = 0;
-  for (; i + 16 <= s; i += 16) store16(y + i, gbn_normalize(load16f(x + i), vhi, vlo, va, vb));
-  for (; i < s; ++i) y[i] = StoreAs<Bf16>::from(gbn_normalize(to_float(x[i]), hi, lo, alpha, beta));
+  for (; i + 32 <= s; i += 32) {
+    widen32(load32(x + i), &e, &o);
+    store32(y + i, narrow32(gbn_normalize(e, vhi, vlo, va, vb), gbn_normalize(o, vhi, vlo, va, vb)));
+  }
+  if (i < s) {
+    const __mmask32 k = tail_mask32(s - i);
+    widen32(load32(x + i, k), &e, &o);
+    store32(y + i, narrow32(gbn_normalize(e, vhi, vlo, va, vb), gbn_normalize(o, vhi, vlo, va, vb)), k);
+  }
 }
 
 void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
                   const float* alpha, const float* beta, bool) {
+  const int64_t chunks = (c + 31) / 32;
+  PairBuffer buf(c, 4);
+  V16f* ph = buf.data();
+  V16f* pl = ph + 2 * chunks;
+  V16f* pa = pl + 2 * chunks;
+  V16f* pb = pa + 2 * chunks;
+  split_pairs(hi, c, ph), split_pairs(lo, c, pl), split_pairs(alpha, c, pa), split_pairs(beta, c, pb);
+  const int64_t c32 = c / 32 * 32;
+  const __mmask32 kt = c32 < c ? tail_mask32(c - c32) : 0;
+  V16f e, o;
   for (int64_t r = 0; r < num_rows; ++r) {
     const Bf16* xr = x + r * c;
     Bf16* yr = y + r * c;
-    int64_t j = 0;
-    for (; j + 16 <= c; j += 16) {
-      store16(yr + j, gbn_normalize(load16f(xr + j), load16f(hi + j), load16f(lo + j), load16f(alpha + j),
-                                    load16f(beta + j)));
+    int64_t q = 0;
+    for (; 32 * q < c32; ++q) {
+      widen32(load32(xr + 32 * q), &e, &o);
+      store32(yr + 32 * q, narrow32(gbn_normalize(e, ph[2 * q], pl[2 * q], pa[2 * q], pb[2 * q]),
+                                    gbn_normalize(o, ph[2 * q + 1], pl[2 * q + 1], pa[2 * q + 1], pb[2 * q + 1])));
     }
-    for (; j < c; ++j) yr[j] = StoreAs<Bf16>::from(gbn_normalize(to_float(xr[j]), hi[j], lo[j], alpha[j], beta[j]));
+    if (kt) {
+      widen32(load32(xr + c32, kt), &e, &o);
+      store32(yr + c32,
+              narrow32(gbn_normalize(e, ph[2 * q], pl[2 * q], pa[2 * q], pb[2 * q]),
+                       gbn_normalize(o, ph[2 * q + 1], pl[2 * q + 1], pa[2 * q + 1], pb[2 * q + 1])),
+              kt);
+    }
   }
 }
 
 void bwd_apply_plane_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t s, float hi, float lo, float mdy, float k,
                        float a, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), vm = splat16(mdy), vk = splat16(k), va = splat16(a);
+  V16f ge, go, xe, xo;
   int64_t i = 0;
-
-  for (; i + 16 <= s; i += 16) store16(dx + i, gbn_grad_input(load16f(dy + i), load16f(x + i), vhi, vlo, vm, vk, va));
-  for (; i < s; ++i) dx[i] = StoreAs<Bf16>::from(gbn_grad_input(to_float(dy[i]), to_float(x[i]), hi, lo, mdy, k, a));
+  for (; i + 32 <= s; i += 32) {
+    widen32(load32(dy + i), &ge, &go);
+    widen32(load32(x + i), &xe, &xo);
+    store32(dx + i, narrow32(gbn_grad_input(ge, xe, vhi, vlo, vm, vk, va), gbn_grad_input(go, xo, vhi, vlo, vm, vk, va)));
+  }
+  if (i < s) {
+    const __mmask32 t = tail_mask32(s - i);
+    widen32(load32(dy + i, t), &ge, &go);
+    widen32(load32(x + i, t), &xe, &xo);
+    store32(dx + i, narrow32(gbn_grad_input(ge, xe, vhi, vlo, vm, vk, va), gbn_grad_input(go, xo, vhi, vlo, vm, vk, va)),
+            t);
+  }
 }
 
 void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows, int64_t c, const float* hi,
                       const float* lo, const float* mdy, const float* k, const float* a, bool) {
+  const int64_t chunks = (c + 31) / 32;
+  PairBuffer buf(c, 5);
+  V16f* ph = buf.data();
+  V16f* pl = ph + 2 * chunks;
+  V16f* pm = pl + 2 * chunks;
+  V16f* pk = pm + 2 * chunks;
+  V16f* pa = pk + 2 * chunks;
+  split_pairs(hi, c, ph), split_pairs(lo, c, pl), split_pairs(mdy, c, pm), split_pairs(k, c, pk);
+  split_pairs(a, c, pa);
+  const int64_t c32 = c / 32 * 32;
+  const __mmask32 kt = c32 < c ? tail_mask32(c - c32) : 0;
+  V16f ge, go, xe, xo;
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t off = r * c;
-    int64_t j = 0;
-
-    for (; j + 16 <= c; j += 16) {
-      store16(dx + off + j, gbn_grad_input(load16f(dy + off + j), load16f(x + off + j), load16f(hi + j),
-                                           load16f(lo + j), load16f(mdy + j), load16f(k + j), load16f(a + j)));
+    int64_t q = 0;
+    for (; 32 * q < c32; ++q) {
+      const int64_t j = off + 32 * q;
+      widen32(load32(dy + j), &ge, &go);
+      widen32(load32(x + j), &xe, &xo);
+      store32(dx + j, narrow32(gbn_grad_input(ge, xe, ph[2 * q], pl[2 * q], pm[2 * q], pk[2 * q], pa[2 * q]),
+                               gbn_grad_input(go, xo, ph[2 * q + 1], pl[2 * q + 1], pm[2 * q + 1], pk[2 * q + 1],
+                                              pa[2 * q + 1])));
     }
-    for (; j < c; ++j) {
-      dx[off + j] = StoreAs<Bf16>::from(
-          gbn_grad_input(to_float(dy[off + j]), to_float(x[off + j]), hi[j], lo[j], mdy[j], k[j], a[j]));
+    if (kt) {
+      const int64_t j = off + c32;
+      widen32(load32(dy + j, kt), &ge, &go);
+      widen32(load32(x + j, kt), &xe, &xo);
+      store32(dx + j,
+              narrow32(gbn_grad_input(ge, xe, ph[2 * q], pl[2 * q], pm[2 * q], pk[2 * q], pa[2 * q]),
+                       gbn_grad_input(go, xo, ph[2 * q + 1], pl[2 * q + 1], pm[2 * q + 1], pk[2 * q + 1], pa[2 * q + 1])),
+              kt);
     }
   }
 }
