@@ -737,6 +737,265 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
 }
 #endif  // __AVX512F__
 
+// ---- 16-bit reductions: float blocks (NOTE: [Ghost batch norm float blocks]) -------------------
+
+// NOTE: [Ghost batch norm float blocks]
+// For bfloat16 and float16 input the sums run in float over short fixed blocks, each block's
+// partial sums then added in double (the double chains cost about 2.5x the instructions of the
+// float ones and bound these passes; fp32 input keeps the all-double sums). Planes (contiguous
+// layout): kFLanes = 32 float lanes per channel, element i of a plane to lane i % 32; a block is
+// the elements of kPlanesPerBlock(s) = min(16, 512 / s) consecutive planes of the (ghost batch,
+// channel) counted from its first sample (s < 512), or a run of up to 512 elements of one plane
+// (s >= 512): at most 32 elements per lane and block. At the end of each block the 32 float lanes
+// are added to 32 double lanes (then set to 0), and at the end the double lanes are combined
+// pairwise (16, 8, 4, 2, 1 apart). Rows (channels-last): per channel, a float partial over each
+// run of kFRows = 16 consecutive rows of a row block, added to the channel's double sum. Every
+// operation is per lane (or per channel) in a fixed order, so every SIMD level and thread count
+// gives the same bits. The float terms are x - K (exact for 16-bit data within 2^16 of K) and
+// its square, and dy and dy * ((x - hi) - lo): each block sum is within 32 * 2^-24 of the sum of
+// the absolute terms (NOTE: [Ghost batch norm numerics]).
+constexpr int kFLanes = 32;
+constexpr int64_t kFBlockElems = 512;
+constexpr int64_t kFRows = 16;
+static_assert(kBlock == kFBlockElems, "a 16-bit block buffer holds one float block of a plane");
+
+static inline int64_t planes_per_block(int64_t s) {
+  if (s >= kFBlockElems) return 1;
+  const int64_t q = kFBlockElems / s;
+  return q < 16 ? q : 16;
+}
+
+static inline V16f load16f(const float* p) {
+  V16f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void store16f(float* p, V16f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// 16 values as floats: float data directly; bfloat16 at the AVX-512 level widened in registers.
+#ifdef __AVX512F__
+static inline V16f widen16(const Bf16* p) {
+  const __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  return reinterpret_cast<V16f>(_mm512_castsi512_ps(u));
+}
+#endif
+static inline V16f widen16(const float* p) { return load16f(p); }
+
+// Adds the n elements at x (a run of one plane starting at a multiple of 32) to the float lanes
+// f1, f2: element i to lane i % 32.
+template <typename T>
+static inline void f32_stats_run(float* __restrict f1, float* __restrict f2, const T* __restrict x, int64_t n,
+                                 float shift) {
+  V16f a0 = load16f(f1), a1 = load16f(f1 + 16), b0 = load16f(f2), b1 = load16f(f2 + 16);
+  const V16f sh = splat16(shift);
+  int64_t i = 0;
+  for (; i + kFLanes <= n; i += kFLanes) {
+    gbn_stats_add(widen16(x + i), sh, &a0, &b0);
+    gbn_stats_add(widen16(x + i + 16), sh, &a1, &b1);
+  }
+  store16f(f1, a0), store16f(f1 + 16, a1), store16f(f2, b0), store16f(f2 + 16, b1);
+  for (int l = 0; i + l < n; ++l) gbn_stats_add(to_float(x[i + l]), shift, &f1[l], &f2[l]);
+}
+
+template <typename T>
+static inline void f32_bwd_run(float* __restrict f1, float* __restrict f2, const T* __restrict dy,
+                               const T* __restrict x, int64_t n, float hi, float lo) {
+  V16f a0 = load16f(f1), a1 = load16f(f1 + 16), b0 = load16f(f2), b1 = load16f(f2 + 16);
+  const V16f vhi = splat16(hi), vlo = splat16(lo);
+  int64_t i = 0;
+  for (; i + kFLanes <= n; i += kFLanes) {
+    gbn_backward_add(widen16(dy + i), widen16(x + i), vhi, vlo, &a0, &b0);
+    gbn_backward_add(widen16(dy + i + 16), widen16(x + i + 16), vhi, vlo, &a1, &b1);
+  }
+  store16f(f1, a0), store16f(f1 + 16, a1), store16f(f2, b0), store16f(f2 + 16, b1);
+  for (int l = 0; i + l < n; ++l) gbn_backward_add(to_float(dy[i + l]), to_float(x[i + l]), hi, lo, &f1[l], &f2[l]);
+}
+
+// d[l] += f[l], f[l] = 0 for the 32 lanes.
+static inline void flush_lanes(double* __restrict d, float* __restrict f) {
+  for (int l = 0; l < kFLanes; ++l) {
+    d[l] += static_cast<double>(f[l]);
+    f[l] = 0.f;
+  }
+}
+
+static inline double combine32(double* acc) {
+  for (int width = kFLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+// Whether bfloat16 is widened in registers here (else through the fp32 block buffer).
+template <typename T>
+constexpr bool kWidenInRegs = kDirectBf16Reduce && std::is_same<T, Bf16>::value;
+
+// Region statistics of 16-bit data (NOTE: [Ghost batch norm regions], [Ghost batch norm float blocks]).
+template <typename T>
+void stats_region_f32(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                      const double* shift, double* s1, double* s2) {
+  double d1[kMaxRegionChannels][kFLanes] = {};
+  double d2[kMaxRegionChannels][kFLanes] = {};
+  float f1[kMaxRegionChannels][kFLanes] = {};
+  float f2[kMaxRegionChannels][kFLanes] = {};
+  float buf[kBlock];
+  const int64_t q = planes_per_block(s);
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const T* sample = x + n * sample_stride;
+    if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
+    const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
+    for (int64_t j = 0; j < num_channels; ++j) {
+      const float sh = static_cast<float>(shift[j]);
+      const T* plane = sample + j * s;
+      for (int64_t b = 0; b < s; b += kFBlockElems) {
+        const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
+        if constexpr (kWidenInRegs<T>) {
+          f32_stats_run(f1[j], f2[j], plane + b, len, sh);
+        } else {
+          f32_stats_run(f1[j], f2[j], in_f32(plane + b, buf, len), len, sh);
+        }
+        if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+      }
+      if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    s1[j] = 0.0 + combine32(d1[j]);
+    s2[j] = 0.0 + combine32(d2[j]);
+  }
+}
+
+template <typename T>
+void bwd_reduce_region_f32(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples,
+                           int64_t num_channels, int64_t s, const float* hi, const float* lo, double* sdy,
+                           double* sdyx) {
+  double d1[kMaxRegionChannels][kFLanes] = {};
+  double d2[kMaxRegionChannels][kFLanes] = {};
+  float f1[kMaxRegionChannels][kFLanes] = {};
+  float f2[kMaxRegionChannels][kFLanes] = {};
+  float gb[kBlock];
+  float xb[kBlock];
+  const int64_t q = planes_per_block(s);
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const int64_t off = n * sample_stride;
+    if (n + 1 < num_samples) {
+      prefetch_run(dy + off + sample_stride, num_channels * s);
+      prefetch_run(x + off + sample_stride, num_channels * s);
+    }
+    const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
+    for (int64_t j = 0; j < num_channels; ++j) {
+      const T* gp = dy + off + j * s;
+      const T* xp = x + off + j * s;
+      for (int64_t b = 0; b < s; b += kFBlockElems) {
+        const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
+        if constexpr (kWidenInRegs<T>) {
+          f32_bwd_run(f1[j], f2[j], gp + b, xp + b, len, hi[j], lo[j]);
+        } else {
+          f32_bwd_run(f1[j], f2[j], in_f32(gp + b, gb, len), in_f32(xp + b, xb, len), len, hi[j], lo[j]);
+        }
+        if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+      }
+      if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    sdy[j] = 0.0 + combine32(d1[j]);
+    sdyx[j] = 0.0 + combine32(d2[j]);
+  }
+}
+
+// Row statistics of 16-bit data: per channel, float partials over runs of kFRows rows added to
+// s1, s2 (NOTE: [Ghost batch norm float blocks]). Channels in groups of 32 with the partials in
+// registers; the last c % 32 channels one by one (the same operations per channel).
+template <typename T>
+void stats_rows_f32(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  const int64_t c32 = c / 32 * 32;
+  float sh[32];
+  float buf[32];
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kFRows) {
+    const int64_t nr = num_rows - r0 < kFRows ? num_rows - r0 : kFRows;
+    const T* strip = x + r0 * c;
+    for (int64_t j = 0; j < c32; j += 32) {
+      prefetch_strip(strip + j, nr, c);
+      for (int l = 0; l < 32; ++l) sh[l] = static_cast<float>(shift[j + l]);
+      V16f a0{}, a1{}, b0{}, b1{};
+      const V16f h0 = load16f(sh), h1 = load16f(sh + 16);
+      for (int64_t r = 0; r < nr; ++r) {
+        const T* p = strip + r * c + j;
+        if constexpr (kWidenInRegs<T>) {
+          gbn_stats_add(widen16(p), h0, &a0, &b0);
+          gbn_stats_add(widen16(p + 16), h1, &a1, &b1);
+        } else {
+          const float* f = in_f32(p, buf, 32);
+          gbn_stats_add(load16f(f), h0, &a0, &b0);
+          gbn_stats_add(load16f(f + 16), h1, &a1, &b1);
+        }
+      }
+      float t[4][16];
+      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
+      for (int l = 0; l < 16; ++l) {
+        s1[j + l] += static_cast<double>(t[0][l]);
+        s1[j + 16 + l] += static_cast<double>(t[1][l]);
+        s2[j + l] += static_cast<double>(t[2][l]);
+        s2[j + 16 + l] += static_cast<double>(t[3][l]);
+      }
+    }
+    for (int64_t j = c32; j < c; ++j) {
+      const float shf = static_cast<float>(shift[j]);
+      float a = 0.f, b = 0.f;
+      for (int64_t r = 0; r < nr; ++r) gbn_stats_add(to_float(strip[r * c + j]), shf, &a, &b);
+      s1[j] += static_cast<double>(a);
+      s2[j] += static_cast<double>(b);
+    }
+  }
+}
+
+template <typename T>
+void bwd_reduce_rows_f32(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi, const float* lo,
+                         double* sdy, double* sdyx) {
+  const int64_t c32 = c / 32 * 32;
+  float gb[32];
+  float xb[32];
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kFRows) {
+    const int64_t nr = num_rows - r0 < kFRows ? num_rows - r0 : kFRows;
+    const int64_t base = r0 * c;
+    for (int64_t j = 0; j < c32; j += 32) {
+      prefetch_strip(dy + base + j, nr, c);
+      prefetch_strip(x + base + j, nr, c);
+      V16f a0{}, a1{}, b0{}, b1{};
+      const V16f h0 = load16f(hi + j), h1 = load16f(hi + j + 16), l0 = load16f(lo + j), l1 = load16f(lo + j + 16);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        if constexpr (kWidenInRegs<T>) {
+          gbn_backward_add(widen16(dy + off), widen16(x + off), h0, l0, &a0, &b0);
+          gbn_backward_add(widen16(dy + off + 16), widen16(x + off + 16), h1, l1, &a1, &b1);
+        } else {
+          const float* g = in_f32(dy + off, gb, 32);
+          const float* f = in_f32(x + off, xb, 32);
+          gbn_backward_add(load16f(g), load16f(f), h0, l0, &a0, &b0);
+          gbn_backward_add(load16f(g + 16), load16f(f + 16), h1, l1, &a1, &b1);
+        }
+      }
+      float t[4][16];
+      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
+      for (int l = 0; l < 16; ++l) {
+        sdy[j + l] += static_cast<double>(t[0][l]);
+        sdy[j + 16 + l] += static_cast<double>(t[1][l]);
+        sdyx[j + l] += static_cast<double>(t[2][l]);
+        sdyx[j + 16 + l] += static_cast<double>(t[3][l]);
+      }
+    }
+    for (int64_t j = c32; j < c; ++j) {
+      float a = 0.f, b = 0.f;
+      for (int64_t r = 0; r < nr; ++r) {
+        gbn_backward_add(to_float(dy[base + r * c + j]), to_float(x[base + r * c + j]), hi[j], lo[j], &a, &b);
+      }
+      sdy[j] += static_cast<double>(a);
+      sdyx[j] += static_cast<double>(b);
+    }
+  }
+}
+
 // ---- dtype dispatch ---------------------------------------------------------------------------
 
 #define PLAYBOOK_GBN_DISPATCH(dtype, T, ...)   \
@@ -760,22 +1019,32 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
 
 void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
                   DType dtype, const double* shift, double* s1, double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift,
-                                       s1, s2))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
+  } else {
+    stats_region_f32(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
+  })
 }
 
 void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int64_t num_samples,
                        int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo, double* sdy,
                        double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride,
-                                            num_samples, num_channels, s, hi, lo, sdy, sdyx))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride, num_samples, num_channels,
+                        s, hi, lo, sdy, sdyx);
+  } else {
+    bwd_reduce_region_f32(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride, num_samples,
+                          num_channels, s, hi, lo, sdy, sdyx);
+  })
 }
 
 void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
                 double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2);
+  } else {
+    stats_rows_f32(static_cast<const T*>(x), num_rows, c, shift, s1, s2);
+  })
 }
 
 void apply_planes(const void* x, void* y, int64_t num_planes, int64_t s, DType dtype, const float* hi,
@@ -795,9 +1064,11 @@ void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype
 
 void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
                      const float* hi, const float* lo, double* sdy, double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c,
-                                          hi, lo, sdy, sdyx))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    bwd_reduce_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c, hi, lo, sdy, sdyx);
+  } else {
+    bwd_reduce_rows_f32(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c, hi, lo, sdy, sdyx);
+  })
 }
 
 void bwd_apply_planes(const void* dy, const void* x, void* dx, int64_t num_planes, int64_t s, DType dtype,
