@@ -3,11 +3,12 @@
 //
 // Loops are plain C++ over float arrays that the compiler vectorizes, or GCC vector types with the
 // same operations per lane; 16-bit data is widened in registers (bfloat16 at the AVX-512 level,
-// NOTE: [Ghost batch norm bf16 vectors]) or into fp32 blocks first (NOTE: [16-bit blocks]). Plane
-// sums keep kLanes independent double accumulators per channel (element i of a plane goes to lane
-// i % kLanes; blocks are multiples of kLanes) that are combined in a fixed pairwise order; row sums
-// accumulate per channel in row order. With -ffp-contract=off every level therefore produces the
-// same bits.
+// NOTE: [Ghost batch norm bf16 vectors]) or into fp32 blocks first (NOTE: [16-bit blocks]).
+// float32 input: plane sums keep kLanes independent double accumulators per channel (element i of
+// a plane goes to lane i % kLanes; blocks are multiples of kLanes) that are combined in a fixed
+// pairwise order; row sums accumulate per channel in row order. 16-bit input: float partials over
+// short fixed blocks, added in double (NOTE: [Ghost batch norm float blocks]). With
+// -ffp-contract=off every level therefore produces the same bits.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -29,8 +30,8 @@ namespace PLAYBOOK_CPU_ISA {
 namespace {
 
 constexpr int kLanes = 16;
-// bf16 reductions read the data directly where the level converts 8 floats to doubles in one
-// instruction (NOTE: [Ghost batch norm bf16 vectors]); elsewhere the fp32 blocks measured faster.
+// bf16 reductions widen the data in registers at the AVX-512 level (NOTE: [Ghost batch norm bf16
+// vectors]); elsewhere the fp32 blocks measured faster.
 #ifdef __AVX512F__
 constexpr bool kDirectBf16Reduce = true;
 #else
@@ -112,14 +113,6 @@ static inline V8f load8f(const Bf16* p) {
   __builtin_memcpy(&v, &u, sizeof(v));
   return v;
 }
-static inline V8d load8(const Bf16* p) {
-#ifdef __AVX512F__
-  const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
-  return reinterpret_cast<V8d>(_mm512_cvtps_pd(_mm256_castsi256_ps(u)));
-#else
-  return __builtin_convertvector(load8f(p), V8d);
-#endif
-}
 
 static inline V16f splat16(float v) { return V16f{} + v; }
 
@@ -192,18 +185,9 @@ static inline void stats_lanes(double* __restrict a1, double* __restrict a2, con
   for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(to_float(x[i + j])), shift, &a1[j], &a2[j]);
 }
 
-// Adds one plane of s elements to the lanes a1, a2 (element i to lane i % kLanes).
-template <typename T>
-static inline void stats_plane_lanes(double* a1, double* a2, const T* plane, int64_t s, double shift) {
-  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-    stats_lanes(a1, a2, plane, s, shift);
-  } else {
-    float buf[kBlock];
-    for (int64_t b = 0; b < s; b += kBlock) {
-      const int64_t len = s - b < kBlock ? s - b : kBlock;
-      stats_lanes(a1, a2, in_f32(plane + b, buf, len), len, shift);
-    }
-  }
+// Adds one plane of s float elements to the lanes a1, a2 (element i to lane i % kLanes).
+static inline void stats_plane_lanes(double* a1, double* a2, const float* plane, int64_t s, double shift) {
+  stats_lanes(a1, a2, plane, s, shift);
 }
 
 // Prefetches the n elements at p (the next sample's run of a region) into the caches when the
@@ -243,21 +227,13 @@ void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int6
   }
 }
 
-static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
-                             const double* __restrict shift, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
-}
-
 // NOTE: [Ghost batch norm row strips]
 // Row sums take kStripRows rows at a time and, for each run of 8 channels, keep the 8 channels'
 // double sums in registers down those rows (loaded and stored once per strip instead of once per
 // row). Each channel still adds its rows in row order, so the bits are those of the row-by-row
-// loop; the tail channels (c % 8) take that loop. Float data, and bfloat16 where the level widens
-// it in registers (kDirectBf16Reduce); other 16-bit data keeps the fp32 blocks.
+// loop; the tail channels (c % 8) take that loop. float32 data (16-bit data: NOTE: [Ghost batch
+// norm float blocks]).
 constexpr int64_t kStripRows = 8;
-
-template <typename T>
-constexpr bool kRowVectors = std::is_same<T, float>::value || (kDirectBf16Reduce && std::is_same<T, Bf16>::value);
 
 // Prefetches, in each of the nr rows (c elements apart) of a strip, the cache line kStripAhead
 // bytes past p: a strip reads 2 x kStripRows rows side by side, more streams than the hardware
@@ -304,20 +280,8 @@ void stats_rows_strips(const T* x, int64_t num_rows, int64_t c, const double* sh
   }
 }
 
-template <typename T>
-void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
-  if constexpr (kRowVectors<T>) {
-    stats_rows_strips(x, num_rows, c, shift, s1, s2);
-    return;
-  }
-  float buf[kBlock];
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const T* row = x + r * c;
-    for (int64_t b = 0; b < c; b += kBlock) {
-      const int64_t len = c - b < kBlock ? c - b : kBlock;
-      stats_row(s1 + b, s2 + b, in_f32(row + b, buf, len), shift + b, len);
-    }
-  }
+void stats_rows_t(const float* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  stats_rows_strips(x, num_rows, c, shift, s1, s2);
 }
 
 // ---- normalize --------------------------------------------------------------------------------
@@ -390,19 +354,9 @@ static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const
   }
 }
 
-template <typename T>
-static inline void bwd_plane_lanes(double* a1, double* a2, const T* dy, const T* x, int64_t s, float hi, float lo) {
-  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-    bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
-  } else {
-    float gb[kBlock];
-    float xb[kBlock];
-    for (int64_t b = 0; b < s; b += kBlock) {
-      const int64_t len = s - b < kBlock ? s - b : kBlock;
-      bwd_lanes(a1, a2, in_f32(dy + b, gb, len), in_f32(x + b, xb, len), len, static_cast<double>(hi),
-                static_cast<double>(lo));
-    }
-  }
+static inline void bwd_plane_lanes(double* a1, double* a2, const float* dy, const float* x, int64_t s, float hi,
+                                   float lo) {
+  bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
 }
 
 // The backward sums over a region (NOTE: [Ghost batch norm regions]).
@@ -427,15 +381,6 @@ void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t
   for (int64_t j = 0; j < num_channels; ++j) {
     sdy[j] = 0.0 + combine(a1[j]);
     sdyx[j] = 0.0 + combine(a2[j]);
-  }
-}
-
-static inline void bwd_row(double* __restrict s1, double* __restrict s2, const float* __restrict dy,
-                           const float* __restrict x, const float* __restrict hi, const float* __restrict lo,
-                           int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    gbn_backward_add(static_cast<double>(dy[j]), static_cast<double>(x[j]), static_cast<double>(hi[j]),
-                     static_cast<double>(lo[j]), &s1[j], &s2[j]);
   }
 }
 
@@ -485,22 +430,9 @@ void bwd_reduce_rows_strips(const T* dy, const T* x, int64_t num_rows, int64_t c
   }
 }
 
-template <typename T>
-void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi,
+void bwd_reduce_rows_t(const float* dy, const float* x, int64_t num_rows, int64_t c, const float* hi,
                        const float* lo, double* sdy, double* sdyx) {
-  if constexpr (kRowVectors<T>) {
-    bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
-    return;
-  }
-  float gb[kBlock];
-  float xb[kBlock];
-  for (int64_t r = 0; r < num_rows; ++r) {
-    for (int64_t b = 0; b < c; b += kBlock) {
-      const int64_t len = c - b < kBlock ? c - b : kBlock;
-      const int64_t off = r * c + b;
-      bwd_row(sdy + b, sdyx + b, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), hi + b, lo + b, len);
-    }
-  }
+  bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
 }
 
 static inline void bwd_apply_scalar(float* __restrict dx, const float* __restrict dy,
@@ -1032,7 +964,7 @@ void bwd_reduce_rows_f32(const T* dy, const T* x, int64_t num_rows, int64_t c, c
 void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
                   DType dtype, const double* shift, double* s1, double* s2) {
   PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
-    stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
+    stats_region_t(static_cast<const float*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
   } else {
     stats_region_f32(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
   })
@@ -1042,7 +974,7 @@ void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int
                        int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo, double* sdy,
                        double* sdyx) {
   PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
-    bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride, num_samples, num_channels,
+    bwd_reduce_region_t(static_cast<const float*>(dy), static_cast<const float*>(x), sample_stride, num_samples, num_channels,
                         s, hi, lo, sdy, sdyx);
   } else {
     bwd_reduce_region_f32(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride, num_samples,
@@ -1053,7 +985,7 @@ void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int
 void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
                 double* s2) {
   PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
-    stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2);
+    stats_rows_t(static_cast<const float*>(x), num_rows, c, shift, s1, s2);
   } else {
     stats_rows_f32(static_cast<const T*>(x), num_rows, c, shift, s1, s2);
   })
@@ -1077,7 +1009,7 @@ void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype
 void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
                      const float* hi, const float* lo, double* sdy, double* sdyx) {
   PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
-    bwd_reduce_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c, hi, lo, sdy, sdyx);
+    bwd_reduce_rows_t(static_cast<const float*>(dy), static_cast<const float*>(x), num_rows, c, hi, lo, sdy, sdyx);
   } else {
     bwd_reduce_rows_f32(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c, hi, lo, sdy, sdyx);
   })
