@@ -51,7 +51,7 @@ constexpr int64_t kMinParallelElems = 1 << 15;
 // bf16): the statistics pass reads whole samples (or 16 planes) in one sequential run.
 constexpr int64_t kRegionRun = 16384;
 constexpr int64_t kRegionItemsPerThread = 4;
-constexpr int64_t kFusedElems = 32768;      // fused contiguous backward: elements per region
+constexpr int64_t kFusedElems = 32768;      // fused contiguous backward and fp32 forward: elements per region
 // Fused channels-last passes (one item per ghost batch, sums then output): largest ghost batch, in
 // elements. Measured on this project's VM (2 threads, cold caches, kernels alone): ghost batches of
 // 0.5M-4M elements, which the earlier 256K limit sent to the separate passes, run 1.05-1.5x faster
@@ -502,21 +502,26 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
   // right after each region's statistics (NOTE: [Ghost batch norm fused forward regions]; per
   // (ghost batch, channel) it measured 2x slower: its planes sit C*s elements apart, a power of two
   // in the usual shapes, so they alias in the caches), unless there are too few regions per
-  // thread. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
+  // thread or the input is 16-bit and larger than kWindowMinBytes. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
   // thread) are normalized right after their statistics: 1d (4096, 1024) about 1.2x faster
   // forward. Otherwise two passes (statistics, then output), in windows for large inputs.
   const int threads = threads_for(sh, num_threads);
-  const int64_t fcb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+  const int64_t fused_elems = sh.dtype == DType::kFloat32 ? kFusedElems : 4 * kFusedElems;
+  const int64_t fcb = region_channels(sh, fused_elems / (sh.vbs < sh.n ? sh.vbs : sh.n));
   const int64_t fblocks = (C + fcb - 1) / fcb;
-  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads) {
+  const bool fits_window = sh.n * C * sh.s * dtype_size(sh.dtype) <= kWindowMinBytes;
+  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads &&
+      (sh.dtype == DType::kFloat32 || fits_window)) {
     // NOTE: [Ghost batch norm fused forward regions]: one item per region (ghost batch x block of
-    // channels of about kFusedElems elements, as the fused backward) from its sums (the same
-    // regions, shifts and per-channel order as ghost_bn_stats) through its saved statistics (as
-    // ghost_bn_finalize) to its output (as ghost_bn_apply), the second read of x coming from the
-    // cache: the same bits as the three passes. Measured on this project's VM (kernels alone, 2
-    // threads, cold caches, alternating with the earlier paths in one process): N=128 C=256 8x8
-    // vbs=16 forward 1.2-1.4x faster (bf16 and fp32), N=256 C=64 16x16 bf16 1.2-1.3x, N=512 C=32
-    // 32x32 fp32 1.2x (against the windows below), bf16 and N=256 fp32 unchanged. With fewer
+    // channels: about kFusedElems elements for fp32 input, 4x that for 16-bit input) from its sums
+    // (the same regions, shifts and per-channel order as ghost_bn_stats) through its saved
+    // statistics (as ghost_bn_finalize) to its output (as ghost_bn_apply), the second read of x
+    // coming from the cache: the same bits as the three passes. Measured on this project's VM
+    // (forward kernel alone, 2 threads, cold caches, alternating with the passes below in one
+    // process, loaded machine): fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows,
+    // N=128 C=256 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; bf16 N=256 about 1.1x,
+    // N=128 unchanged, and above kWindowMinBytes (N=512) slower than the windows, which 16-bit
+    // input keeps there. Smaller 16-bit regions (32768 elements) measured slower. With fewer
     // items than kRegionItemsPerThread per thread (one ghost batch and few channels) the passes
     // below keep both threads busy.
     const GhostBNKernels& k = gbn_kernels();
