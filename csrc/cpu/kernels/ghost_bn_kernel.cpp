@@ -689,9 +689,10 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
 // pairwise (16, 8, 4, 2, 1 apart). Rows (channels-last): per channel, a float partial over each
 // run of kFRows = 16 consecutive rows of a row block, added to the channel's double sum. Every
 // operation is per lane (or per channel) in a fixed order, so every SIMD level and thread count
-// gives the same bits. The float terms are x - K (exact for 16-bit data within 2^16 of K) and
-// its square, and dy and dy * ((x - hi) - lo): each block sum is within 32 * 2^-24 of the sum of
-// the absolute terms (NOTE: [Ghost batch norm numerics]).
+// gives the same bits. The float terms are x - K (exact for 16-bit data unless the exponents of x
+// and K differ by more than 15 (bfloat16) / 12 (float16)) and its square, and dy and
+// dy * ((x - hi) - lo): each block sum is within 32 * 2^-24 of the sum of the absolute terms
+// (NOTE: [Ghost batch norm numerics]).
 constexpr int kFLanes = 32;
 constexpr int64_t kFBlockElems = 512;
 constexpr int64_t kFRows = 16;

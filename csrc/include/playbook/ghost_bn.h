@@ -15,8 +15,9 @@
 // count, m2 = sum of squared deviations, clamped at 0), the sums and this formula in double. The
 // shift makes the subtraction well conditioned (no E[x^2] - E[x]^2 cancellation), in one pass
 // over x. float32 input: every term is added in double (exact to ~1e-16 relative). bfloat16 and
-// float16 input: the terms (x - K, exact for such data within 2^16 of K, and its square) are
-// added in float over short fixed blocks (at most 32 terms), and each block's sum in double (NOTE:
+// float16 input: the terms (x - K, exact unless the exponents of x and K differ by more than 15
+// (bfloat16) / 12 (float16), then rounded once, and its square) are added in float over short
+// fixed blocks (at most 32 terms), and each block's sum in double (NOTE:
 // [Ghost batch norm float blocks] in csrc/cpu/kernels/ghost_bn_kernel.cpp): each block is within
 // 32 * 2^-24 of the sum of its absolute terms, far below the 2^-9 (bfloat16) / 2^-12 (float16)
 // rounding of the output; the double chains cost about 2.5x the instructions and bound those
