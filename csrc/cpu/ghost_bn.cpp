@@ -51,7 +51,7 @@ constexpr int64_t kMinParallelElems = 1 << 15;
 // bf16): the statistics pass reads whole samples (or 16 planes) in one sequential run.
 constexpr int64_t kRegionRun = 16384;
 constexpr int64_t kRegionItemsPerThread = 4;
-constexpr int64_t kFusedElems = 32768;      // fused contiguous backward: elements per region
+constexpr int64_t kFusedElems = 32768;      // fused contiguous backward and fp32 forward: elements per region
 // Fused channels-last passes (one item per ghost batch, sums then output): largest ghost batch, in
 // elements. Measured on this project's VM (2 threads, cold caches, kernels alone): ghost batches of
 // 0.5M-4M elements, which the earlier 256K limit sent to the separate passes, run 1.05-1.5x faster
@@ -498,14 +498,65 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
   std::vector<double> scratch;
   own_pair_if_null(&scratch, G * C, &mean, &m2);
   const bool stream = stream_output(sh);
-  // NOTE: [Ghost batch norm forward passes]: normalizing right after the statistics, while the
-  // data is cached, measured slower for the contiguous layout, per (ghost batch, channel) 2x (its
-  // planes sit C*s elements apart, a power of two in the usual shapes, so they alias in the
-  // caches) and per region (NOTE: [Ghost batch norm regions]) no faster; the streaming second pass
-  // is as fast. So that layout takes two passes. Channels-last ghost batches of up to
-  // kFusedRowElems elements (with at least two per thread) are normalized right after their
-  // statistics: 1d (4096, 1024) about 1.2x faster forward.
+  // NOTE: [Ghost batch norm forward passes]: the contiguous layout is normalized region by region
+  // right after each region's statistics (NOTE: [Ghost batch norm fused forward regions]; per
+  // (ghost batch, channel) it measured 2x slower: its planes sit C*s elements apart, a power of two
+  // in the usual shapes, so they alias in the caches), unless there are too few regions per
+  // thread or the input is 16-bit and larger than kWindowMinBytes. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
+  // thread) are normalized right after their statistics: 1d (4096, 1024) about 1.2x faster
+  // forward. Otherwise two passes (statistics, then output), in windows for large inputs.
   const int threads = threads_for(sh, num_threads);
+  const int64_t fused_elems = sh.dtype == DType::kFloat32 ? kFusedElems : 4 * kFusedElems;
+  const int64_t fcb = region_channels(sh, fused_elems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+  const int64_t fblocks = (C + fcb - 1) / fcb;
+  const bool fits_window = sh.n * C * sh.s * dtype_size(sh.dtype) <= kWindowMinBytes;
+  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads &&
+      (sh.dtype == DType::kFloat32 || fits_window)) {
+    // NOTE: [Ghost batch norm fused forward regions]: one item per region (ghost batch x block of
+    // channels: about kFusedElems elements for fp32 input, 4x that for 16-bit input) from its sums
+    // (the same regions, shifts and per-channel order as ghost_bn_stats) through its saved
+    // statistics (as ghost_bn_finalize) to its output (as ghost_bn_apply), the second read of x
+    // coming from the cache: the same bits as the three passes. Measured on this project's VM
+    // (forward kernel alone, 2 threads, cold caches, alternating with the passes below in one
+    // process, loaded machine): fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows,
+    // N=128 C=256 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; bf16 N=256 about 1.1x,
+    // N=128 unchanged, and above kWindowMinBytes (N=512) slower than the windows, which 16-bit
+    // input keeps there. Smaller 16-bit regions (32768 elements) measured slower. With fewer
+    // items than kRegionItemsPerThread per thread (one ghost batch and few channels) the passes
+    // below keep both threads busy.
+    const GhostBNKernels& k = gbn_kernels();
+    parallel_for(G * fblocks, threads, [&](int64_t item) {
+      const int64_t g = item / fblocks;
+      const int64_t c0 = item % fblocks * fcb;
+      const int64_t nc = C - c0 < fcb ? C - c0 : fcb;
+      const int64_t first = (g * sh.vbs * C + c0) * sh.s;
+      const int64_t planes = sh.ghost_samples(g);
+      const int64_t i0 = g * C + c0;
+      double shift[kMaxRegionChannels];
+      for (int64_t j = 0; j < nc; ++j) shift[j] = first_of(sh, x, g, c0 + j);
+      k.stats_region(at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype, shift, mean + i0, m2 + i0);
+      const double m = static_cast<double>(planes * sh.s);
+      float alpha[kMaxRegionChannels], beta[kMaxRegionChannels];
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t i = i0 + j;
+        gbn_moments(shift[j], mean[i], m2[i], m, &mean[i], &m2[i]);
+        gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
+        alpha[j] = weight != nullptr ? save_invstd[i] * weight[c0 + j] : save_invstd[i];
+        beta[j] = bias != nullptr ? bias[c0 + j] : 0.f;
+      }
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t off = first + p * C * sh.s;
+        k.apply_planes(at(x, off, sh.dtype), at(y, off, sh.dtype), nc, sh.s, sh.dtype, save_mean + i0,
+                       save_mean + G * C + i0, alpha, beta, stream);
+      }
+      if (stream) k.fence();
+    });
+    if (running_mean != nullptr) {
+      update_running(G, C, mean, m2, sh.ghost_count(0), sh.ghost_count(G - 1), momentum, num_batches_tracked,
+                     running_mean, running_var);
+    }
+    return;
+  }
   const int64_t wg = window_ghosts(sh);
   if (!sh.channels_last && wg < G) {
     // NOTE: [Ghost batch norm forward windows]: a contiguous input larger than the last-level

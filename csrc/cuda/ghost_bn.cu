@@ -11,8 +11,13 @@
 // synchronization, and scratch ([3, G, C] floats for the backward coefficients) comes from the
 // caller (torch's allocator): the whole step is graph-capturable. Given the same statistics, the
 // elementwise results, the finalize step and the parameter grads are bit-identical to the CPU
-// path (same formulas, no contraction: --fmad=false); the sums agree to rounding.
+// path (same formulas, no contraction: --fmad=false); the sums agree to rounding: double sums for
+// fp32 input, and for 16-bit input float partials over runs of kFloatRun = 16 of a thread's
+// elements added in double (ThreadSums; NOTE: [Ghost batch norm numerics]), grouped by thread
+// rather than by the CPU's lanes, so the emulator test checks both paths' sums against a
+// long-double reference within the float-block bound, not bit for bit.
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "playbook/ghost_bn.h"
@@ -34,6 +39,45 @@ constexpr int kApplyThreads = 256;
 constexpr int kFinalizeThreads = 128;
 
 static_assert(kReduceThreads == kTileC * kTileRows, "both reductions use the same shared buffers");
+constexpr int kFloatRun = 16;        // 16-bit input: elements per float partial of a thread
+
+// The running sums of one thread. fp32 input: double, as on the CPU. 16-bit input: float partials
+// over kFloatRun of the thread's elements (in its order), each added to the double sums, and the
+// last partial at done() (the CPU's NOTE: [Ghost batch norm float blocks], with this kernel's own
+// grouping).
+template <typename T>
+struct ThreadSums {
+  static constexpr bool kFloat = !std::is_same<T, float>::value;
+  double a = 0.0, b = 0.0;
+  float fa = 0.f, fb = 0.f;
+  int k = 0;
+  __device__ __forceinline__ void flush() {
+    a += static_cast<double>(fa);
+    b += static_cast<double>(fb);
+    fa = fb = 0.f;
+    k = 0;
+  }
+  __device__ __forceinline__ void stats(float x, double shift) {
+    if constexpr (kFloat) {
+      gbn_stats_add(x, static_cast<float>(shift), &fa, &fb);  // shift: a 16-bit value, exact in float
+      if (++k == kFloatRun) flush();
+    } else {
+      gbn_stats_add(static_cast<double>(x), shift, &a, &b);
+    }
+  }
+  __device__ __forceinline__ void backward(float dy, float x, float hi, float lo) {
+    if constexpr (kFloat) {
+      gbn_backward_add(dy, x, hi, lo, &fa, &fb);
+      if (++k == kFloatRun) flush();
+    } else {
+      gbn_backward_add(static_cast<double>(dy), static_cast<double>(x), static_cast<double>(hi),
+                       static_cast<double>(lo), &a, &b);
+    }
+  }
+  __device__ __forceinline__ void done() {
+    if constexpr (kFloat) flush();
+  }
+};
 
 // Fixed-order tree over the block's kReduceThreads partial pairs (a, b) in shared memory.
 __device__ void block_sum2(double* sa, double* sb, int tid) {
@@ -61,15 +105,14 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int64_t first = (g * sh.vbs * sh.c + c) * sh.s;
   const int64_t planes = sh.ghost_samples(g);
   const double shift = static_cast<double>(to_opmath(x[first]));
-  double s1 = 0.0, s2 = 0.0;
+  ThreadSums<T> t;
   for (int64_t p = 0; p < planes; ++p) {
     const T* plane = x + first + p * sh.c * sh.s;
-    for (int64_t e = tid; e < sh.s; e += kReduceThreads) {
-      gbn_stats_add(static_cast<double>(to_opmath(plane[e])), shift, &s1, &s2);
-    }
+    for (int64_t e = tid; e < sh.s; e += kReduceThreads) t.stats(to_opmath(plane[e]), shift);
   }
-  sa[tid] = s1;
-  sb[tid] = s2;
+  t.done();
+  sa[tid] = t.a;
+  sb[tid] = t.b;
   block_sum2(sa, sb, tid);
   if (tid == 0) gbn_moments(shift, sa[0], sb[0], static_cast<double>(planes * sh.s), &mean[i], &m2[i]);
 }
@@ -104,16 +147,15 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int row = threadIdx.x / kTileC;
   const int64_t rows = sh.ghost_samples(g) * sh.s;
   const T* base = x + g * sh.vbs * sh.s * sh.c;
-  double s1 = 0.0, s2 = 0.0;
+  ThreadSums<T> t;
   double shift = 0.0;
   if (c < sh.c) {
     shift = static_cast<double>(to_opmath(base[c]));
-    for (int64_t r = row; r < rows; r += kTileRows) {
-      gbn_stats_add(static_cast<double>(to_opmath(base[r * sh.c + c])), shift, &s1, &s2);
-    }
+    for (int64_t r = row; r < rows; r += kTileRows) t.stats(to_opmath(base[r * sh.c + c]), shift);
   }
+  t.done();
   double a, b;
-  if (tile_column_sum(s1, s2, sa, sb, &a, &b) && c < sh.c) {
+  if (tile_column_sum(t.a, t.b, sa, sb, &a, &b) && c < sh.c) {
     gbn_moments(shift, a, b, static_cast<double>(rows), &mean[g * sh.c + c], &m2[g * sh.c + c]);
   }
 }
@@ -179,18 +221,16 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int tid = threadIdx.x;
   const int64_t first = (g * sh.vbs * sh.c + c) * sh.s;
   const int64_t planes = sh.ghost_samples(g);
-  const double hi = save_mean[i];
-  const double lo = save_mean[sh.num_ghost() * sh.c + i];
-  double a = 0.0, b = 0.0;
+  const float hi = save_mean[i];
+  const float lo = save_mean[sh.num_ghost() * sh.c + i];
+  ThreadSums<T> t;
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t off = first + p * sh.c * sh.s;
-    for (int64_t e = tid; e < sh.s; e += kReduceThreads) {
-      gbn_backward_add(static_cast<double>(to_opmath(dy[off + e])), static_cast<double>(to_opmath(x[off + e])), hi,
-                       lo, &a, &b);
-    }
+    for (int64_t e = tid; e < sh.s; e += kReduceThreads) t.backward(to_opmath(dy[off + e]), to_opmath(x[off + e]), hi, lo);
   }
-  sa[tid] = a;
-  sb[tid] = b;
+  t.done();
+  sa[tid] = t.a;
+  sb[tid] = t.b;
   block_sum2(sa, sb, tid);
   if (tid == 0) {
     sdy[i] = sa[0];
@@ -209,17 +249,18 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int row = threadIdx.x / kTileC;
   const int64_t rows = sh.ghost_samples(g) * sh.s;
   const int64_t base = g * sh.vbs * sh.s * sh.c;
-  double a = 0.0, b = 0.0;
+  ThreadSums<T> t;
   if (c < sh.c) {
-    const double hi = save_mean[g * sh.c + c];
-    const double lo = save_mean[(sh.num_ghost() + g) * sh.c + c];
+    const float hi = save_mean[g * sh.c + c];
+    const float lo = save_mean[(sh.num_ghost() + g) * sh.c + c];
     for (int64_t r = row; r < rows; r += kTileRows) {
       const int64_t e = base + r * sh.c + c;
-      gbn_backward_add(static_cast<double>(to_opmath(dy[e])), static_cast<double>(to_opmath(x[e])), hi, lo, &a, &b);
+      t.backward(to_opmath(dy[e]), to_opmath(x[e]), hi, lo);
     }
   }
+  t.done();
   double ta, tb;
-  if (tile_column_sum(a, b, sa, sb, &ta, &tb) && c < sh.c) {
+  if (tile_column_sum(t.a, t.b, sa, sb, &ta, &tb) && c < sh.c) {
     sdy[g * sh.c + c] = ta;
     sdyx[g * sh.c + c] = tb;
   }

@@ -3,14 +3,16 @@
 //
 // Loops are plain C++ over float arrays that the compiler vectorizes, or GCC vector types with the
 // same operations per lane; 16-bit data is widened in registers (bfloat16 at the AVX-512 level,
-// NOTE: [Ghost batch norm bf16 vectors]) or into fp32 blocks first (NOTE: [16-bit blocks]). Plane
-// sums keep kLanes independent double accumulators per channel (element i of a plane goes to lane
-// i % kLanes; blocks are multiples of kLanes) that are combined in a fixed pairwise order; row sums
-// accumulate per channel in row order. With -ffp-contract=off every level therefore produces the
-// same bits.
+// NOTE: [Ghost batch norm bf16 vectors]) or into fp32 blocks first (NOTE: [16-bit blocks]).
+// float32 input: plane sums keep kLanes independent double accumulators per channel (element i of
+// a plane goes to lane i % kLanes; blocks are multiples of kLanes) that are combined in a fixed
+// pairwise order; row sums accumulate per channel in row order. 16-bit input: float partials over
+// short fixed blocks, added in double (NOTE: [Ghost batch norm float blocks]). With
+// -ffp-contract=off every level therefore produces the same bits.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #if defined(__F16C__) || defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -28,8 +30,8 @@ namespace PLAYBOOK_CPU_ISA {
 namespace {
 
 constexpr int kLanes = 16;
-// bf16 reductions read the data directly where the level converts 8 floats to doubles in one
-// instruction (NOTE: [Ghost batch norm bf16 vectors]); elsewhere the fp32 blocks measured faster.
+// bf16 reductions widen the data in registers at the AVX-512 level (NOTE: [Ghost batch norm bf16
+// vectors]); elsewhere the fp32 blocks measured faster.
 #ifdef __AVX512F__
 constexpr bool kDirectBf16Reduce = true;
 #else
@@ -90,14 +92,13 @@ static inline void store_lanes(double* p, V8d v) { __builtin_memcpy(p, &v, sizeo
 static inline V8d splat8(double v) { return V8d{v, v, v, v, v, v, v, v}; }
 
 // NOTE: [Ghost batch norm bf16 vectors]
-// bfloat16 data is widened and rounded in registers, 8 or 16 lanes at a time, instead of through
-// the fp32 block buffers: widening is exact (a 16-bit shift) and the rounding is StoreAs<Bf16>
-// lane by lane, so the bits are those of the block path, which fp16 still takes.
+// bfloat16 data is widened in registers instead of through the fp32 block buffers: the reductions
+// widen 8 values at a time to doubles (a 16-bit shift, exact); the elementwise passes take 32 at a
+// time as even/odd float vectors and round them with StoreAs<Bf16>'s formula (NOTE: [Ghost batch
+// norm bf16 pairs]). The bits are those of the block path, which fp16 still takes.
 typedef uint16_t V8h __attribute__((vector_size(16)));
 typedef uint32_t V8u __attribute__((vector_size(32)));
 typedef float V16f __attribute__((vector_size(64)));
-typedef uint16_t V16h __attribute__((vector_size(32)));
-typedef uint32_t V16u __attribute__((vector_size(64)));
 
 static inline V8f load8f(const float* p) {
   V8f v;
@@ -112,37 +113,7 @@ static inline V8f load8f(const Bf16* p) {
   __builtin_memcpy(&v, &u, sizeof(v));
   return v;
 }
-static inline V8d load8(const Bf16* p) {
-#ifdef __AVX512F__
-  const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
-  return reinterpret_cast<V8d>(_mm512_cvtps_pd(_mm256_castsi256_ps(u)));
-#else
-  return __builtin_convertvector(load8f(p), V8d);
-#endif
-}
 
-static inline V16f load16f(const float* p) {
-  V16f v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-static inline V16f load16f(const Bf16* p) {
-  V16h h;
-  __builtin_memcpy(&h, p, sizeof(h));
-  const V16u u = __builtin_convertvector(h, V16u) << 16;
-  V16f v;
-  __builtin_memcpy(&v, &u, sizeof(v));
-  return v;
-}
-static inline void store16(Bf16* p, V16f f) {
-  V16u u;
-  __builtin_memcpy(&u, &f, sizeof(u));
-  const V16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const V16u is_nan = reinterpret_cast<V16u>((u & 0x7fffffffu) > 0x7f800000u);
-  const V16u r = (rounded & ~is_nan) | (is_nan & 0x7fc0u);
-  const V16h h = __builtin_convertvector(r, V16h);
-  __builtin_memcpy(p, &h, sizeof(h));
-}
 static inline V16f splat16(float v) { return V16f{} + v; }
 
 // NOTE: [Ghost batch norm streaming stores]
@@ -214,18 +185,9 @@ static inline void stats_lanes(double* __restrict a1, double* __restrict a2, con
   for (int j = 0; i + j < n; ++j) gbn_stats_add(static_cast<double>(to_float(x[i + j])), shift, &a1[j], &a2[j]);
 }
 
-// Adds one plane of s elements to the lanes a1, a2 (element i to lane i % kLanes).
-template <typename T>
-static inline void stats_plane_lanes(double* a1, double* a2, const T* plane, int64_t s, double shift) {
-  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-    stats_lanes(a1, a2, plane, s, shift);
-  } else {
-    float buf[kBlock];
-    for (int64_t b = 0; b < s; b += kBlock) {
-      const int64_t len = s - b < kBlock ? s - b : kBlock;
-      stats_lanes(a1, a2, in_f32(plane + b, buf, len), len, shift);
-    }
-  }
+// Adds one plane of s float elements to the lanes a1, a2 (element i to lane i % kLanes).
+static inline void stats_plane_lanes(double* a1, double* a2, const float* plane, int64_t s, double shift) {
+  stats_lanes(a1, a2, plane, s, shift);
 }
 
 // Prefetches the n elements at p (the next sample's run of a region) into the caches when the
@@ -249,8 +211,11 @@ static inline void prefetch_run(const T* p, int64_t n) {
 template <typename T>
 void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
                     const double* shift, double* s1, double* s2) {
-  double a1[kMaxRegionChannels][kLanes] = {};
-  double a2[kMaxRegionChannels][kLanes] = {};
+  double a1[kMaxRegionChannels][kLanes];  // zeroed for the channels in use only
+  double a2[kMaxRegionChannels][kLanes];
+  for (int64_t j = 0; j < num_channels; ++j) {
+    for (int l = 0; l < kLanes; ++l) a1[j][l] = a2[j][l] = 0.0;
+  }
   for (int64_t n = 0; n < num_samples; ++n) {
     const T* sample = x + n * sample_stride;
     if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
@@ -262,21 +227,13 @@ void stats_region_t(const T* x, int64_t sample_stride, int64_t num_samples, int6
   }
 }
 
-static inline void stats_row(double* __restrict s1, double* __restrict s2, const float* __restrict x,
-                             const double* __restrict shift, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) gbn_stats_add(static_cast<double>(x[j]), shift[j], &s1[j], &s2[j]);
-}
-
 // NOTE: [Ghost batch norm row strips]
 // Row sums take kStripRows rows at a time and, for each run of 8 channels, keep the 8 channels'
 // double sums in registers down those rows (loaded and stored once per strip instead of once per
 // row). Each channel still adds its rows in row order, so the bits are those of the row-by-row
-// loop; the tail channels (c % 8) take that loop. Float data, and bfloat16 where the level widens
-// it in registers (kDirectBf16Reduce); other 16-bit data keeps the fp32 blocks.
+// loop; the tail channels (c % 8) take that loop. float32 data (16-bit data: NOTE: [Ghost batch
+// norm float blocks]).
 constexpr int64_t kStripRows = 8;
-
-template <typename T>
-constexpr bool kRowVectors = std::is_same<T, float>::value || (kDirectBf16Reduce && std::is_same<T, Bf16>::value);
 
 // Prefetches, in each of the nr rows (c elements apart) of a strip, the cache line kStripAhead
 // bytes past p: a strip reads 2 x kStripRows rows side by side, more streams than the hardware
@@ -323,20 +280,8 @@ void stats_rows_strips(const T* x, int64_t num_rows, int64_t c, const double* sh
   }
 }
 
-template <typename T>
-void stats_rows_t(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
-  if constexpr (kRowVectors<T>) {
-    stats_rows_strips(x, num_rows, c, shift, s1, s2);
-    return;
-  }
-  float buf[kBlock];
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const T* row = x + r * c;
-    for (int64_t b = 0; b < c; b += kBlock) {
-      const int64_t len = c - b < kBlock ? c - b : kBlock;
-      stats_row(s1 + b, s2 + b, in_f32(row + b, buf, len), shift + b, len);
-    }
-  }
+void stats_rows_t(const float* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  stats_rows_strips(x, num_rows, c, shift, s1, s2);
 }
 
 // ---- normalize --------------------------------------------------------------------------------
@@ -409,27 +354,20 @@ static inline void bwd_lanes(double* __restrict a1, double* __restrict a2, const
   }
 }
 
-template <typename T>
-static inline void bwd_plane_lanes(double* a1, double* a2, const T* dy, const T* x, int64_t s, float hi, float lo) {
-  if constexpr (kDirectBf16Reduce && std::is_same<T, Bf16>::value) {  // NOTE: [Ghost batch norm bf16 vectors]
-    bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
-  } else {
-    float gb[kBlock];
-    float xb[kBlock];
-    for (int64_t b = 0; b < s; b += kBlock) {
-      const int64_t len = s - b < kBlock ? s - b : kBlock;
-      bwd_lanes(a1, a2, in_f32(dy + b, gb, len), in_f32(x + b, xb, len), len, static_cast<double>(hi),
-                static_cast<double>(lo));
-    }
-  }
+static inline void bwd_plane_lanes(double* a1, double* a2, const float* dy, const float* x, int64_t s, float hi,
+                                   float lo) {
+  bwd_lanes(a1, a2, dy, x, s, static_cast<double>(hi), static_cast<double>(lo));
 }
 
 // The backward sums over a region (NOTE: [Ghost batch norm regions]).
 template <typename T>
 void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels,
                          int64_t s, const float* hi, const float* lo, double* sdy, double* sdyx) {
-  double a1[kMaxRegionChannels][kLanes] = {};
-  double a2[kMaxRegionChannels][kLanes] = {};
+  double a1[kMaxRegionChannels][kLanes];  // zeroed for the channels in use only
+  double a2[kMaxRegionChannels][kLanes];
+  for (int64_t j = 0; j < num_channels; ++j) {
+    for (int l = 0; l < kLanes; ++l) a1[j][l] = a2[j][l] = 0.0;
+  }
   for (int64_t n = 0; n < num_samples; ++n) {
     const int64_t off = n * sample_stride;
     if (n + 1 < num_samples) {
@@ -443,15 +381,6 @@ void bwd_reduce_region_t(const T* dy, const T* x, int64_t sample_stride, int64_t
   for (int64_t j = 0; j < num_channels; ++j) {
     sdy[j] = 0.0 + combine(a1[j]);
     sdyx[j] = 0.0 + combine(a2[j]);
-  }
-}
-
-static inline void bwd_row(double* __restrict s1, double* __restrict s2, const float* __restrict dy,
-                           const float* __restrict x, const float* __restrict hi, const float* __restrict lo,
-                           int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    gbn_backward_add(static_cast<double>(dy[j]), static_cast<double>(x[j]), static_cast<double>(hi[j]),
-                     static_cast<double>(lo[j]), &s1[j], &s2[j]);
   }
 }
 
@@ -501,22 +430,9 @@ void bwd_reduce_rows_strips(const T* dy, const T* x, int64_t num_rows, int64_t c
   }
 }
 
-template <typename T>
-void bwd_reduce_rows_t(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi,
+void bwd_reduce_rows_t(const float* dy, const float* x, int64_t num_rows, int64_t c, const float* hi,
                        const float* lo, double* sdy, double* sdyx) {
-  if constexpr (kRowVectors<T>) {
-    bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
-    return;
-  }
-  float gb[kBlock];
-  float xb[kBlock];
-  for (int64_t r = 0; r < num_rows; ++r) {
-    for (int64_t b = 0; b < c; b += kBlock) {
-      const int64_t len = c - b < kBlock ? c - b : kBlock;
-      const int64_t off = r * c + b;
-      bwd_row(sdy + b, sdyx + b, in_f32(dy + off, gb, len), in_f32(x + off, xb, len), hi + b, lo + b, len);
-    }
-  }
+  bwd_reduce_rows_strips(dy, x, num_rows, c, hi, lo, sdy, sdyx);
 }
 
 static inline void bwd_apply_scalar(float* __restrict dx, const float* __restrict dy,
@@ -575,58 +491,455 @@ void bwd_apply_rows_t(const T* dy, const T* x, T* dx, int64_t num_rows, int64_t 
   }
 }
 
-// ---- bfloat16 overloads (NOTE: [Ghost batch norm bf16 vectors]) --------------------------------
+// ---- bfloat16 overloads (NOTE: [Ghost batch norm bf16 pairs]) -----------------------------------
 // AVX-512 level only: at the AVX2 level the 16-lane generic vectors measured 2x slower than the
 // fp32 blocks, which the other levels keep.
 #ifdef __AVX512F__
 
+// NOTE: [Ghost batch norm bf16 pairs]
+// The elementwise passes take 32 bfloat16 values (one 64-byte load) at a time as two float
+// vectors: the even elements (each 32-bit lane shifted left by 16) and the odd ones (the high
+// halves masked), one instruction each and exact. Each element is computed in its own lane with
+// the same operations as the scalar code, rounded with StoreAs<Bf16>'s integer formula (round to
+// nearest even; NaN to 0x7fc0) keeping the 16 result bits in the high half, and the two vectors
+// are re-interleaved with one shift and one ternary-logic instruction: the bits of the scalar code
+// (and of the earlier 16-lane widening, whose generic vector code cost about twice the
+// instructions). A tail shorter than 32 uses masked loads and stores (lanes past the end compute
+// on zeros and are not stored). Per-channel coefficients (channels-last rows) are split into the
+// same even/odd vectors once per call.
+static inline __m512i bf16_high_mask() { return _mm512_set1_epi32(static_cast<int>(0xffff0000u)); }
+static inline __mmask32 tail_mask32(int64_t n) { return _cvtu32_mask32((1u << n) - 1u); }  // 0 < n < 32
+
+static inline void widen32(__m512i v, V16f* even, V16f* odd) {
+  *even = reinterpret_cast<V16f>(_mm512_slli_epi32(v, 16));
+  *odd = reinterpret_cast<V16f>(_mm512_and_si512(v, bf16_high_mask()));
+}
+// StoreAs<Bf16>::from per lane, the 16 result bits in the high half of the lane.
+static inline __m512i round_bf16_high(V16f f) {
+  const __m512 fv = reinterpret_cast<__m512>(f);
+  const __m512i u = _mm512_castps_si512(fv);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i t = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_mask_mov_epi32(t, _mm512_cmp_ps_mask(fv, fv, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000));
+}
+// The 32 rounded values of widen32's even/odd vectors, in element order.
+static inline __m512i narrow32(V16f even, V16f odd) {
+  // A | (B & C): the even results moved to the low halves, the odd results' high halves.
+  return _mm512_ternarylogic_epi32(_mm512_srli_epi32(round_bf16_high(even), 16), round_bf16_high(odd),
+                                   bf16_high_mask(), 0xF8);
+}
+static inline __m512i load32(const Bf16* p) { return _mm512_loadu_si512(p); }
+static inline __m512i load32(const Bf16* p, __mmask32 k) { return _mm512_maskz_loadu_epi16(k, p); }
+static inline void store32(Bf16* p, __m512i v) { _mm512_storeu_si512(p, v); }
+static inline void store32(Bf16* p, __m512i v, __mmask32 k) { _mm512_mask_storeu_epi16(p, k, v); }
+
+// Per-channel float coefficients p[0..c) as even/odd vectors per 32-channel chunk:
+// out[2q] = p[32q + 0, 2, .., 30], out[2q + 1] = p[32q + 1, 3, .., 31] (zeros past c).
+static inline void split_pairs(const float* p, int64_t c, V16f* out) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t j = 0, q = 0; j < c; j += 32, ++q) {
+    const int64_t n = c - j;
+    const __mmask16 k0 = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+    const __mmask16 k1 = n >= 32 ? static_cast<__mmask16>(0xffff)
+                                 : n <= 16 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << (n - 16)) - 1u);
+    const __m512 a = _mm512_maskz_loadu_ps(k0, p + j);
+    const __m512 b = _mm512_maskz_loadu_ps(k1, p + j + 16);
+    out[2 * q] = reinterpret_cast<V16f>(_mm512_permutex2var_ps(a, ie, b));
+    out[2 * q + 1] = reinterpret_cast<V16f>(_mm512_permutex2var_ps(a, io, b));
+  }
+}
+
+// Scratch for split_pairs of `count` coefficient arrays of c channels: on the stack up to 1024
+// channels, else on the heap.
+class PairBuffer {
+ public:
+  PairBuffer(int64_t c, int count) {
+    const int64_t n = (c + 31) / 32 * 2 * count;
+    if (n > kStack) {
+      heap_.resize(static_cast<size_t>(n));
+      data_ = heap_.data();
+    } else {
+      data_ = stack_;
+    }
+  }
+  V16f* data() { return data_; }
+
+ private:
+  static constexpr int64_t kStack = 1024 / 32 * 2 * 5;
+  V16f stack_[kStack];
+  std::vector<V16f> heap_;
+  V16f* data_;
+};
+
 void apply_plane_t(const Bf16* x, Bf16* y, int64_t s, float hi, float lo, float alpha, float beta, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), va = splat16(alpha), vb = splat16(beta);
+  V16f e, o;
   int64_t i = 0;
-  for (; i + 16 <= s; i += 16) store16(y + i, gbn_normalize(load16f(x + i), vhi, vlo, va, vb));
-  for (; i < s; ++i) y[i] = StoreAs<Bf16>::from(gbn_normalize(to_float(x[i]), hi, lo, alpha, beta));
+  for (; i + 32 <= s; i += 32) {
+    widen32(load32(x + i), &e, &o);
+    store32(y + i, narrow32(gbn_normalize(e, vhi, vlo, va, vb), gbn_normalize(o, vhi, vlo, va, vb)));
+  }
+  if (i < s) {
+    const __mmask32 k = tail_mask32(s - i);
+    widen32(load32(x + i, k), &e, &o);
+    store32(y + i, narrow32(gbn_normalize(e, vhi, vlo, va, vb), gbn_normalize(o, vhi, vlo, va, vb)), k);
+  }
 }
 
 void apply_rows_t(const Bf16* x, Bf16* y, int64_t num_rows, int64_t c, const float* hi, const float* lo,
                   const float* alpha, const float* beta, bool) {
+  const int64_t chunks = (c + 31) / 32;
+  PairBuffer buf(c, 4);
+  V16f* ph = buf.data();
+  V16f* pl = ph + 2 * chunks;
+  V16f* pa = pl + 2 * chunks;
+  V16f* pb = pa + 2 * chunks;
+  split_pairs(hi, c, ph), split_pairs(lo, c, pl), split_pairs(alpha, c, pa), split_pairs(beta, c, pb);
+  const int64_t c32 = c / 32 * 32;
+  const __mmask32 kt = c32 < c ? tail_mask32(c - c32) : 0;
+  V16f e, o;
   for (int64_t r = 0; r < num_rows; ++r) {
     const Bf16* xr = x + r * c;
     Bf16* yr = y + r * c;
-    int64_t j = 0;
-    for (; j + 16 <= c; j += 16) {
-      store16(yr + j, gbn_normalize(load16f(xr + j), load16f(hi + j), load16f(lo + j), load16f(alpha + j),
-                                    load16f(beta + j)));
+    int64_t q = 0;
+    for (; 32 * q < c32; ++q) {
+      widen32(load32(xr + 32 * q), &e, &o);
+      store32(yr + 32 * q, narrow32(gbn_normalize(e, ph[2 * q], pl[2 * q], pa[2 * q], pb[2 * q]),
+                                    gbn_normalize(o, ph[2 * q + 1], pl[2 * q + 1], pa[2 * q + 1], pb[2 * q + 1])));
     }
-    for (; j < c; ++j) yr[j] = StoreAs<Bf16>::from(gbn_normalize(to_float(xr[j]), hi[j], lo[j], alpha[j], beta[j]));
+    if (kt) {
+      widen32(load32(xr + c32, kt), &e, &o);
+      store32(yr + c32,
+              narrow32(gbn_normalize(e, ph[2 * q], pl[2 * q], pa[2 * q], pb[2 * q]),
+                       gbn_normalize(o, ph[2 * q + 1], pl[2 * q + 1], pa[2 * q + 1], pb[2 * q + 1])),
+              kt);
+    }
   }
 }
 
 void bwd_apply_plane_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t s, float hi, float lo, float mdy, float k,
                        float a, bool) {
   const V16f vhi = splat16(hi), vlo = splat16(lo), vm = splat16(mdy), vk = splat16(k), va = splat16(a);
+  V16f ge, go, xe, xo;
   int64_t i = 0;
-
-  for (; i + 16 <= s; i += 16) store16(dx + i, gbn_grad_input(load16f(dy + i), load16f(x + i), vhi, vlo, vm, vk, va));
-  for (; i < s; ++i) dx[i] = StoreAs<Bf16>::from(gbn_grad_input(to_float(dy[i]), to_float(x[i]), hi, lo, mdy, k, a));
+  for (; i + 32 <= s; i += 32) {
+    widen32(load32(dy + i), &ge, &go);
+    widen32(load32(x + i), &xe, &xo);
+    store32(dx + i, narrow32(gbn_grad_input(ge, xe, vhi, vlo, vm, vk, va), gbn_grad_input(go, xo, vhi, vlo, vm, vk, va)));
+  }
+  if (i < s) {
+    const __mmask32 t = tail_mask32(s - i);
+    widen32(load32(dy + i, t), &ge, &go);
+    widen32(load32(x + i, t), &xe, &xo);
+    store32(dx + i, narrow32(gbn_grad_input(ge, xe, vhi, vlo, vm, vk, va), gbn_grad_input(go, xo, vhi, vlo, vm, vk, va)),
+            t);
+  }
 }
 
 void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows, int64_t c, const float* hi,
                       const float* lo, const float* mdy, const float* k, const float* a, bool) {
+  const int64_t chunks = (c + 31) / 32;
+  PairBuffer buf(c, 5);
+  V16f* ph = buf.data();
+  V16f* pl = ph + 2 * chunks;
+  V16f* pm = pl + 2 * chunks;
+  V16f* pk = pm + 2 * chunks;
+  V16f* pa = pk + 2 * chunks;
+  split_pairs(hi, c, ph), split_pairs(lo, c, pl), split_pairs(mdy, c, pm), split_pairs(k, c, pk);
+  split_pairs(a, c, pa);
+  const int64_t c32 = c / 32 * 32;
+  const __mmask32 kt = c32 < c ? tail_mask32(c - c32) : 0;
+  V16f ge, go, xe, xo;
   for (int64_t r = 0; r < num_rows; ++r) {
     const int64_t off = r * c;
-    int64_t j = 0;
-
-    for (; j + 16 <= c; j += 16) {
-      store16(dx + off + j, gbn_grad_input(load16f(dy + off + j), load16f(x + off + j), load16f(hi + j),
-                                           load16f(lo + j), load16f(mdy + j), load16f(k + j), load16f(a + j)));
+    int64_t q = 0;
+    for (; 32 * q < c32; ++q) {
+      const int64_t j = off + 32 * q;
+      widen32(load32(dy + j), &ge, &go);
+      widen32(load32(x + j), &xe, &xo);
+      store32(dx + j, narrow32(gbn_grad_input(ge, xe, ph[2 * q], pl[2 * q], pm[2 * q], pk[2 * q], pa[2 * q]),
+                               gbn_grad_input(go, xo, ph[2 * q + 1], pl[2 * q + 1], pm[2 * q + 1], pk[2 * q + 1],
+                                              pa[2 * q + 1])));
     }
-    for (; j < c; ++j) {
-      dx[off + j] = StoreAs<Bf16>::from(
-          gbn_grad_input(to_float(dy[off + j]), to_float(x[off + j]), hi[j], lo[j], mdy[j], k[j], a[j]));
+    if (kt) {
+      const int64_t j = off + c32;
+      widen32(load32(dy + j, kt), &ge, &go);
+      widen32(load32(x + j, kt), &xe, &xo);
+      store32(dx + j,
+              narrow32(gbn_grad_input(ge, xe, ph[2 * q], pl[2 * q], pm[2 * q], pk[2 * q], pa[2 * q]),
+                       gbn_grad_input(go, xo, ph[2 * q + 1], pl[2 * q + 1], pm[2 * q + 1], pk[2 * q + 1], pa[2 * q + 1])),
+              kt);
     }
   }
 }
 #endif  // __AVX512F__
+
+// ---- 16-bit reductions: float blocks (NOTE: [Ghost batch norm float blocks]) -------------------
+
+// NOTE: [Ghost batch norm float blocks]
+// For bfloat16 and float16 input the sums run in float over short fixed blocks, each block's
+// partial sums then added in double (the double chains cost about 2.5x the instructions of the
+// float ones and bound these passes; fp32 input keeps the all-double sums). Planes (contiguous
+// layout): kFLanes = 32 float lanes per channel, element i of a plane to lane i % 32; a block is
+// the elements of kPlanesPerBlock(s) = min(16, 512 / s) consecutive planes of the (ghost batch,
+// channel) counted from its first sample (s < 512), or a run of up to 512 elements of one plane
+// (s >= 512): at most 32 elements per lane and block. At the end of each block the 32 float lanes
+// are added to 32 double lanes (then set to 0), and at the end the double lanes are combined
+// pairwise (16, 8, 4, 2, 1 apart). Rows (channels-last): per channel, a float partial over each
+// run of kFRows = 16 consecutive rows of a row block, added to the channel's double sum. Every
+// operation is per lane (or per channel) in a fixed order, so every SIMD level and thread count
+// gives the same bits. The float terms are x - K (exact for 16-bit data unless the exponents of x
+// and K differ by more than 15 (bfloat16) / 12 (float16)) and its square, and dy and
+// dy * ((x - hi) - lo): each block sum is within 32 * 2^-24 of the sum of the absolute terms
+// (NOTE: [Ghost batch norm numerics]).
+constexpr int kFLanes = 32;
+constexpr int64_t kFBlockElems = 512;
+constexpr int64_t kFRows = 16;
+static_assert(kBlock == kFBlockElems, "a 16-bit block buffer holds one float block of a plane");
+
+static inline int64_t planes_per_block(int64_t s) {
+  if (s >= kFBlockElems) return 1;
+  const int64_t q = kFBlockElems / s;
+  return q < 16 ? q : 16;
+}
+
+static inline V16f load16f(const float* p) {
+  V16f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void store16f(float* p, V16f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// 16 values as floats: float data directly; bfloat16 at the AVX-512 level widened in registers.
+#ifdef __AVX512F__
+static inline V16f widen16(const Bf16* p) {
+  const __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  return reinterpret_cast<V16f>(_mm512_castsi512_ps(u));
+}
+#endif
+static inline V16f widen16(const float* p) { return load16f(p); }
+
+// Adds the n elements at x (a run of one plane starting at a multiple of 32) to the float lanes
+// f1, f2: element i to lane i % 32.
+template <typename T>
+static inline void f32_stats_run(float* __restrict f1, float* __restrict f2, const T* __restrict x, int64_t n,
+                                 float shift) {
+  V16f a0 = load16f(f1), a1 = load16f(f1 + 16), b0 = load16f(f2), b1 = load16f(f2 + 16);
+  const V16f sh = splat16(shift);
+  int64_t i = 0;
+  for (; i + kFLanes <= n; i += kFLanes) {
+    gbn_stats_add(widen16(x + i), sh, &a0, &b0);
+    gbn_stats_add(widen16(x + i + 16), sh, &a1, &b1);
+  }
+  store16f(f1, a0), store16f(f1 + 16, a1), store16f(f2, b0), store16f(f2 + 16, b1);
+  for (int l = 0; i + l < n; ++l) gbn_stats_add(to_float(x[i + l]), shift, &f1[l], &f2[l]);
+}
+
+template <typename T>
+static inline void f32_bwd_run(float* __restrict f1, float* __restrict f2, const T* __restrict dy,
+                               const T* __restrict x, int64_t n, float hi, float lo) {
+  V16f a0 = load16f(f1), a1 = load16f(f1 + 16), b0 = load16f(f2), b1 = load16f(f2 + 16);
+  const V16f vhi = splat16(hi), vlo = splat16(lo);
+  int64_t i = 0;
+  for (; i + kFLanes <= n; i += kFLanes) {
+    gbn_backward_add(widen16(dy + i), widen16(x + i), vhi, vlo, &a0, &b0);
+    gbn_backward_add(widen16(dy + i + 16), widen16(x + i + 16), vhi, vlo, &a1, &b1);
+  }
+  store16f(f1, a0), store16f(f1 + 16, a1), store16f(f2, b0), store16f(f2 + 16, b1);
+  for (int l = 0; i + l < n; ++l) gbn_backward_add(to_float(dy[i + l]), to_float(x[i + l]), hi, lo, &f1[l], &f2[l]);
+}
+
+// d[l] += f[l], f[l] = 0 for the 32 lanes.
+static inline void flush_lanes(double* __restrict d, float* __restrict f) {
+  for (int l = 0; l < kFLanes; ++l) {
+    d[l] += static_cast<double>(f[l]);
+    f[l] = 0.f;
+  }
+}
+
+static inline double combine32(double* acc) {
+  for (int width = kFLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+
+// Whether bfloat16 is widened in registers here (else through the fp32 block buffer).
+template <typename T>
+constexpr bool kWidenInRegs = kDirectBf16Reduce && std::is_same<T, Bf16>::value;
+
+// Region statistics of 16-bit data (NOTE: [Ghost batch norm regions], [Ghost batch norm float blocks]).
+template <typename T>
+void stats_region_f32(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                      const double* shift, double* s1, double* s2) {
+  double d1[kMaxRegionChannels][kFLanes];  // zeroed for the num_channels in use only (a region may be
+  double d2[kMaxRegionChannels][kFLanes];  // a few planes: clearing all 48 KB measured as a cost)
+  float f1[kMaxRegionChannels][kFLanes];
+  float f2[kMaxRegionChannels][kFLanes];
+  for (int64_t j = 0; j < num_channels; ++j) {
+    for (int l = 0; l < kFLanes; ++l) d1[j][l] = d2[j][l] = 0.0, f1[j][l] = f2[j][l] = 0.f;
+  }
+  float buf[kBlock];
+  const int64_t q = planes_per_block(s);
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const T* sample = x + n * sample_stride;
+    if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
+    const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
+    for (int64_t j = 0; j < num_channels; ++j) {
+      const float sh = static_cast<float>(shift[j]);
+      const T* plane = sample + j * s;
+      for (int64_t b = 0; b < s; b += kFBlockElems) {
+        const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
+        if constexpr (kWidenInRegs<T>) {
+          f32_stats_run(f1[j], f2[j], plane + b, len, sh);
+        } else {
+          f32_stats_run(f1[j], f2[j], in_f32(plane + b, buf, len), len, sh);
+        }
+        if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+      }
+      if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    s1[j] = 0.0 + combine32(d1[j]);
+    s2[j] = 0.0 + combine32(d2[j]);
+  }
+}
+
+template <typename T>
+void bwd_reduce_region_f32(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples,
+                           int64_t num_channels, int64_t s, const float* hi, const float* lo, double* sdy,
+                           double* sdyx) {
+  double d1[kMaxRegionChannels][kFLanes];  // zeroed for the num_channels in use only (a region may be
+  double d2[kMaxRegionChannels][kFLanes];  // a few planes: clearing all 48 KB measured as a cost)
+  float f1[kMaxRegionChannels][kFLanes];
+  float f2[kMaxRegionChannels][kFLanes];
+  for (int64_t j = 0; j < num_channels; ++j) {
+    for (int l = 0; l < kFLanes; ++l) d1[j][l] = d2[j][l] = 0.0, f1[j][l] = f2[j][l] = 0.f;
+  }
+  float gb[kBlock];
+  float xb[kBlock];
+  const int64_t q = planes_per_block(s);
+  for (int64_t n = 0; n < num_samples; ++n) {
+    const int64_t off = n * sample_stride;
+    if (n + 1 < num_samples) {
+      prefetch_run(dy + off + sample_stride, num_channels * s);
+      prefetch_run(x + off + sample_stride, num_channels * s);
+    }
+    const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
+    for (int64_t j = 0; j < num_channels; ++j) {
+      const T* gp = dy + off + j * s;
+      const T* xp = x + off + j * s;
+      for (int64_t b = 0; b < s; b += kFBlockElems) {
+        const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
+        if constexpr (kWidenInRegs<T>) {
+          f32_bwd_run(f1[j], f2[j], gp + b, xp + b, len, hi[j], lo[j]);
+        } else {
+          f32_bwd_run(f1[j], f2[j], in_f32(gp + b, gb, len), in_f32(xp + b, xb, len), len, hi[j], lo[j]);
+        }
+        if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+      }
+      if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
+    }
+  }
+  for (int64_t j = 0; j < num_channels; ++j) {
+    sdy[j] = 0.0 + combine32(d1[j]);
+    sdyx[j] = 0.0 + combine32(d2[j]);
+  }
+}
+
+// Row statistics of 16-bit data: per channel, float partials over runs of kFRows rows added to
+// s1, s2 (NOTE: [Ghost batch norm float blocks]). Channels in groups of 32 with the partials in
+// registers; the last c % 32 channels one by one (the same operations per channel).
+template <typename T>
+void stats_rows_f32(const T* x, int64_t num_rows, int64_t c, const double* shift, double* s1, double* s2) {
+  const int64_t c32 = c / 32 * 32;
+  float sh[32];
+  float buf[32];
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kFRows) {
+    const int64_t nr = num_rows - r0 < kFRows ? num_rows - r0 : kFRows;
+    const T* strip = x + r0 * c;
+    for (int64_t j = 0; j < c32; j += 32) {
+      prefetch_strip(strip + j, nr, c);
+      for (int l = 0; l < 32; ++l) sh[l] = static_cast<float>(shift[j + l]);
+      V16f a0{}, a1{}, b0{}, b1{};
+      const V16f h0 = load16f(sh), h1 = load16f(sh + 16);
+      for (int64_t r = 0; r < nr; ++r) {
+        const T* p = strip + r * c + j;
+        if constexpr (kWidenInRegs<T>) {
+          gbn_stats_add(widen16(p), h0, &a0, &b0);
+          gbn_stats_add(widen16(p + 16), h1, &a1, &b1);
+        } else {
+          const float* f = in_f32(p, buf, 32);
+          gbn_stats_add(load16f(f), h0, &a0, &b0);
+          gbn_stats_add(load16f(f + 16), h1, &a1, &b1);
+        }
+      }
+      float t[4][16];
+      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
+      for (int l = 0; l < 16; ++l) {
+        s1[j + l] += static_cast<double>(t[0][l]);
+        s1[j + 16 + l] += static_cast<double>(t[1][l]);
+        s2[j + l] += static_cast<double>(t[2][l]);
+        s2[j + 16 + l] += static_cast<double>(t[3][l]);
+      }
+    }
+    for (int64_t j = c32; j < c; ++j) {
+      const float shf = static_cast<float>(shift[j]);
+      float a = 0.f, b = 0.f;
+      for (int64_t r = 0; r < nr; ++r) gbn_stats_add(to_float(strip[r * c + j]), shf, &a, &b);
+      s1[j] += static_cast<double>(a);
+      s2[j] += static_cast<double>(b);
+    }
+  }
+}
+
+template <typename T>
+void bwd_reduce_rows_f32(const T* dy, const T* x, int64_t num_rows, int64_t c, const float* hi, const float* lo,
+                         double* sdy, double* sdyx) {
+  const int64_t c32 = c / 32 * 32;
+  float gb[32];
+  float xb[32];
+  for (int64_t r0 = 0; r0 < num_rows; r0 += kFRows) {
+    const int64_t nr = num_rows - r0 < kFRows ? num_rows - r0 : kFRows;
+    const int64_t base = r0 * c;
+    for (int64_t j = 0; j < c32; j += 32) {
+      prefetch_strip(dy + base + j, nr, c);
+      prefetch_strip(x + base + j, nr, c);
+      V16f a0{}, a1{}, b0{}, b1{};
+      const V16f h0 = load16f(hi + j), h1 = load16f(hi + j + 16), l0 = load16f(lo + j), l1 = load16f(lo + j + 16);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t off = base + r * c + j;
+        if constexpr (kWidenInRegs<T>) {
+          gbn_backward_add(widen16(dy + off), widen16(x + off), h0, l0, &a0, &b0);
+          gbn_backward_add(widen16(dy + off + 16), widen16(x + off + 16), h1, l1, &a1, &b1);
+        } else {
+          const float* g = in_f32(dy + off, gb, 32);
+          const float* f = in_f32(x + off, xb, 32);
+          gbn_backward_add(load16f(g), load16f(f), h0, l0, &a0, &b0);
+          gbn_backward_add(load16f(g + 16), load16f(f + 16), h1, l1, &a1, &b1);
+        }
+      }
+      float t[4][16];
+      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
+      for (int l = 0; l < 16; ++l) {
+        sdy[j + l] += static_cast<double>(t[0][l]);
+        sdy[j + 16 + l] += static_cast<double>(t[1][l]);
+        sdyx[j + l] += static_cast<double>(t[2][l]);
+        sdyx[j + 16 + l] += static_cast<double>(t[3][l]);
+      }
+    }
+    for (int64_t j = c32; j < c; ++j) {
+      float a = 0.f, b = 0.f;
+      for (int64_t r = 0; r < nr; ++r) {
+        gbn_backward_add(to_float(dy[base + r * c + j]), to_float(x[base + r * c + j]), hi[j], lo[j], &a, &b);
+      }
+      sdy[j] += static_cast<double>(a);
+      sdyx[j] += static_cast<double>(b);
+    }
+  }
+}
 
 // ---- dtype dispatch ---------------------------------------------------------------------------
 
@@ -651,22 +964,32 @@ void bwd_apply_rows_t(const Bf16* dy, const Bf16* x, Bf16* dx, int64_t num_rows,
 
 void stats_region(const void* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
                   DType dtype, const double* shift, double* s1, double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        stats_region_t(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift,
-                                       s1, s2))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    stats_region_t(static_cast<const float*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
+  } else {
+    stats_region_f32(static_cast<const T*>(x), sample_stride, num_samples, num_channels, s, shift, s1, s2);
+  })
 }
 
 void bwd_reduce_region(const void* dy, const void* x, int64_t sample_stride, int64_t num_samples,
                        int64_t num_channels, int64_t s, DType dtype, const float* hi, const float* lo, double* sdy,
                        double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_region_t(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride,
-                                            num_samples, num_channels, s, hi, lo, sdy, sdyx))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    bwd_reduce_region_t(static_cast<const float*>(dy), static_cast<const float*>(x), sample_stride, num_samples, num_channels,
+                        s, hi, lo, sdy, sdyx);
+  } else {
+    bwd_reduce_region_f32(static_cast<const T*>(dy), static_cast<const T*>(x), sample_stride, num_samples,
+                          num_channels, s, hi, lo, sdy, sdyx);
+  })
 }
 
 void stats_rows(const void* x, int64_t num_rows, int64_t c, DType dtype, const double* shift, double* s1,
                 double* s2) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T, stats_rows_t(static_cast<const T*>(x), num_rows, c, shift, s1, s2))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    stats_rows_t(static_cast<const float*>(x), num_rows, c, shift, s1, s2);
+  } else {
+    stats_rows_f32(static_cast<const T*>(x), num_rows, c, shift, s1, s2);
+  })
 }
 
 void apply_planes(const void* x, void* y, int64_t num_planes, int64_t s, DType dtype, const float* hi,
@@ -686,9 +1009,11 @@ void apply_rows(const void* x, void* y, int64_t num_rows, int64_t c, DType dtype
 
 void bwd_reduce_rows(const void* dy, const void* x, int64_t num_rows, int64_t c, DType dtype,
                      const float* hi, const float* lo, double* sdy, double* sdyx) {
-  PLAYBOOK_GBN_DISPATCH(dtype, T,
-                        bwd_reduce_rows_t(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c,
-                                          hi, lo, sdy, sdyx))
+  PLAYBOOK_GBN_DISPATCH(dtype, T, if constexpr (std::is_same<T, float>::value) {
+    bwd_reduce_rows_t(static_cast<const float*>(dy), static_cast<const float*>(x), num_rows, c, hi, lo, sdy, sdyx);
+  } else {
+    bwd_reduce_rows_f32(static_cast<const T*>(dy), static_cast<const T*>(x), num_rows, c, hi, lo, sdy, sdyx);
+  })
 }
 
 void bwd_apply_planes(const void* dy, const void* x, void* dx, int64_t num_planes, int64_t s, DType dtype,

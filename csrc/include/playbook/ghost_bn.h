@@ -10,13 +10,22 @@
 // (sample, spatial) elements of that slice.
 //
 // NOTE: [Ghost batch norm numerics]
-// Statistics are shifted sums in double: with K = the first element of the (ghost batch,
-// channel) slice, s1 = sum(x - K) and s2 = sum((x - K)^2); mean = K + s1/m and
-// m2 = s2 - s1^2/m (m = element count, m2 = sum of squared deviations, clamped at 0). The shift
-// makes the subtraction well conditioned (no E[x^2] - E[x]^2 cancellation) and double makes it
-// exact to ~1e-16 relative for fp32 data, in one pass over x. Each sum has a fixed accumulation
-// order (lanes for planes, row order for rows, fixed-size row blocks merged in block order), so
-// results are bitwise independent of the thread count and of the SIMD level.
+// Statistics are shifted sums: with K = the first element of the (ghost batch, channel) slice,
+// s1 = sum(x - K) and s2 = sum((x - K)^2); mean = K + s1/m and m2 = s2 - s1^2/m (m = element
+// count, m2 = sum of squared deviations, clamped at 0), the sums and this formula in double. The
+// shift makes the subtraction well conditioned (no E[x^2] - E[x]^2 cancellation), in one pass
+// over x. float32 input: every term is added in double (exact to ~1e-16 relative). bfloat16 and
+// float16 input: the terms (x - K, exact unless the exponents of x and K differ by more than 15
+// (bfloat16) / 12 (float16), then rounded once, and its square) are added in float over short
+// fixed blocks (at most 32 terms), and each block's sum in double (NOTE:
+// [Ghost batch norm float blocks] in csrc/cpu/kernels/ghost_bn_kernel.cpp): each block is within
+// 32 * 2^-24 of the sum of its absolute terms, far below the 2^-9 (bfloat16) / 2^-12 (float16)
+// rounding of the output; the double chains cost about 2.5x the instructions and bound those
+// passes. The backward sums (below) follow the same rule per dtype. Each sum has a fixed
+// accumulation order (lanes and blocks for planes, row order and row runs for rows, fixed-size row
+// blocks merged in block order), so results are bitwise independent of the thread count and of
+// the SIMD level. The CUDA kernels use the same terms and the same float/double split with their
+// own grouping (NOTE: [Ghost batch norm CUDA kernels]).
 // Normalize: y = (x - mean) * (invstd * w) + b in fp32, invstd = 1/sqrt(m2/m + eps).
 //
 // NOTE: [Two-float mean]
