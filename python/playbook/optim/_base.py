@@ -704,7 +704,6 @@ class FusedOptimizer(Optimizer):
         last.norm_plans.append((np_, dps, ptrs))
         return [(g, (dp, dp.param_ptrs, gp)) for g, dp, gp in zip(work, dps, gptrs)], last, [device]
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one fused optimization step (global-norm clip, skip on non-finite, update).
 
@@ -718,7 +717,18 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # torch.no_grad() for the step itself, without the decorator's per-call context object
+        # (~1.5 us of a ~90 us step over 400 small tensors).
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            self._fused_step()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        return loss
 
+    def _fused_step(self) -> None:
+        """The body of ``step`` (under no_grad): norm, finalize, updates."""
         # Every check that can fail runs before the first write (NOTE: [All-or-nothing step]).
         for gi, group in enumerate(self.param_groups):
             self._validate_group(group, gi)
@@ -734,7 +744,7 @@ class FusedOptimizer(Optimizer):
             work = self._prepare_all()
             if not work:
                 self.__dict__.pop("_playbook_found_inf", None)  # nothing ran: no inf flag of this step may linger
-                return loss
+                return
             last, per_device = self._sumsq(work, threads)
         else:
             work, last, per_device = streamed
@@ -779,7 +789,6 @@ class FusedOptimizer(Optimizer):
             lr, lr_ptr, _keep = self._lr_arg(group["lr"], dp.device)
             self._run_plan(dp, group, pptrs, gptrs, lr, lr_ptr, values.data_ptr(), threads, stream_handle(dp.device))
         self._last = last
-        return loss
 
     # ------------------------------------------------------------------ statistics (host reads)
     def grad_norms(self, per_tensor: bool = False) -> torch.Tensor:
