@@ -769,10 +769,14 @@ static inline double combine32(double* acc) {
 template <typename T>
 constexpr bool kWidenInRegs = kDirectBf16Reduce && std::is_same<T, Bf16>::value;
 
-// Region statistics of 16-bit data (NOTE: [Ghost batch norm regions], [Ghost batch norm float blocks]).
-template <typename T>
-void stats_region_f32(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
-                      const double* shift, double* s1, double* s2) {
+// The two region sums of 16-bit data (NOTE: [Ghost batch norm regions], [Ghost batch norm float
+// blocks]): per channel, kFLanes float lanes flushed into double lanes after every kFBlockElems
+// elements of a plane but the last, and at the end of each block of planes (planes_per_block);
+// run(n, j, b, len, f1, f2) adds elements [b, b + len) of sample n's plane j to the float lanes,
+// prefetch(n) warms sample n. out1/out2 get the double lanes combined in their fixed order.
+template <typename Prefetch, typename Run>
+static inline void region_sums_f32(int64_t num_samples, int64_t num_channels, int64_t s, const Prefetch& prefetch,
+                                   const Run& run, double* out1, double* out2) {
   double d1[kMaxRegionChannels][kFLanes];  // zeroed for the num_channels in use only (a region may be
   double d2[kMaxRegionChannels][kFLanes];  // a few planes: clearing all 48 KB measured as a cost)
   float f1[kMaxRegionChannels][kFLanes];
@@ -780,73 +784,68 @@ void stats_region_f32(const T* x, int64_t sample_stride, int64_t num_samples, in
   for (int64_t j = 0; j < num_channels; ++j) {
     for (int l = 0; l < kFLanes; ++l) d1[j][l] = d2[j][l] = 0.0, f1[j][l] = f2[j][l] = 0.f;
   }
-  float buf[kBlock];
   const int64_t q = planes_per_block(s);
   for (int64_t n = 0; n < num_samples; ++n) {
-    const T* sample = x + n * sample_stride;
-    if (n + 1 < num_samples) prefetch_run(sample + sample_stride, num_channels * s);
+    if (n + 1 < num_samples) prefetch(n + 1);
     const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
     for (int64_t j = 0; j < num_channels; ++j) {
-      const float sh = static_cast<float>(shift[j]);
-      const T* plane = sample + j * s;
       for (int64_t b = 0; b < s; b += kFBlockElems) {
         const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
-        if constexpr (kWidenInRegs<T>) {
-          f32_stats_run(f1[j], f2[j], plane + b, len, sh);
-        } else {
-          f32_stats_run(f1[j], f2[j], in_f32(plane + b, buf, len), len, sh);
-        }
+        run(n, j, b, len, f1[j], f2[j]);
         if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
       }
       if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
     }
   }
   for (int64_t j = 0; j < num_channels; ++j) {
-    s1[j] = 0.0 + combine32(d1[j]);
-    s2[j] = 0.0 + combine32(d2[j]);
+    out1[j] = 0.0 + combine32(d1[j]);
+    out2[j] = 0.0 + combine32(d2[j]);
   }
 }
 
+// Region statistics of 16-bit data: shifted sums of x.
+template <typename T>
+void stats_region_f32(const T* x, int64_t sample_stride, int64_t num_samples, int64_t num_channels, int64_t s,
+                      const double* shift, double* s1, double* s2) {
+  float buf[kBlock];
+  region_sums_f32(
+      num_samples, num_channels, s,
+      [&](int64_t n) { prefetch_run(x + n * sample_stride, num_channels * s); },
+      [&](int64_t n, int64_t j, int64_t b, int64_t len, float* f1, float* f2) {
+        const T* plane = x + n * sample_stride + j * s;
+        const float sh = static_cast<float>(shift[j]);
+        if constexpr (kWidenInRegs<T>) {
+          f32_stats_run(f1, f2, plane + b, len, sh);
+        } else {
+          f32_stats_run(f1, f2, in_f32(plane + b, buf, len), len, sh);
+        }
+      },
+      s1, s2);
+}
+
+// Region sums of the backward for 16-bit data: sum(dy) and sum(dy * (x - mean)).
 template <typename T>
 void bwd_reduce_region_f32(const T* dy, const T* x, int64_t sample_stride, int64_t num_samples,
                            int64_t num_channels, int64_t s, const float* hi, const float* lo, double* sdy,
                            double* sdyx) {
-  double d1[kMaxRegionChannels][kFLanes];  // zeroed for the num_channels in use only (a region may be
-  double d2[kMaxRegionChannels][kFLanes];  // a few planes: clearing all 48 KB measured as a cost)
-  float f1[kMaxRegionChannels][kFLanes];
-  float f2[kMaxRegionChannels][kFLanes];
-  for (int64_t j = 0; j < num_channels; ++j) {
-    for (int l = 0; l < kFLanes; ++l) d1[j][l] = d2[j][l] = 0.0, f1[j][l] = f2[j][l] = 0.f;
-  }
   float gb[kBlock];
   float xb[kBlock];
-  const int64_t q = planes_per_block(s);
-  for (int64_t n = 0; n < num_samples; ++n) {
-    const int64_t off = n * sample_stride;
-    if (n + 1 < num_samples) {
-      prefetch_run(dy + off + sample_stride, num_channels * s);
-      prefetch_run(x + off + sample_stride, num_channels * s);
-    }
-    const bool block_end = (n + 1) % q == 0 || n + 1 == num_samples;
-    for (int64_t j = 0; j < num_channels; ++j) {
-      const T* gp = dy + off + j * s;
-      const T* xp = x + off + j * s;
-      for (int64_t b = 0; b < s; b += kFBlockElems) {
-        const int64_t len = s - b < kFBlockElems ? s - b : kFBlockElems;
+  region_sums_f32(
+      num_samples, num_channels, s,
+      [&](int64_t n) {
+        prefetch_run(dy + n * sample_stride, num_channels * s);
+        prefetch_run(x + n * sample_stride, num_channels * s);
+      },
+      [&](int64_t n, int64_t j, int64_t b, int64_t len, float* f1, float* f2) {
+        const T* gp = dy + n * sample_stride + j * s;
+        const T* xp = x + n * sample_stride + j * s;
         if constexpr (kWidenInRegs<T>) {
-          f32_bwd_run(f1[j], f2[j], gp + b, xp + b, len, hi[j], lo[j]);
+          f32_bwd_run(f1, f2, gp + b, xp + b, len, hi[j], lo[j]);
         } else {
-          f32_bwd_run(f1[j], f2[j], in_f32(gp + b, gb, len), in_f32(xp + b, xb, len), len, hi[j], lo[j]);
+          f32_bwd_run(f1, f2, in_f32(gp + b, gb, len), in_f32(xp + b, xb, len), len, hi[j], lo[j]);
         }
-        if (b + kFBlockElems < s) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
-      }
-      if (block_end) flush_lanes(d1[j], f1[j]), flush_lanes(d2[j], f2[j]);
-    }
-  }
-  for (int64_t j = 0; j < num_channels; ++j) {
-    sdy[j] = 0.0 + combine32(d1[j]);
-    sdyx[j] = 0.0 + combine32(d2[j]);
-  }
+      },
+      sdy, sdyx);
 }
 
 // Row statistics of 16-bit data: per channel, float partials over runs of kFRows rows added to
