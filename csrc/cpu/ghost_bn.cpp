@@ -181,6 +181,25 @@ int64_t region_channels(const GhostBNShape& sh, int64_t run) {
   return cb < 1 ? 1 : cb;
 }
 
+// A region (NOTE: [Ghost batch norm regions]) of the contiguous layout: ghost batch g, channels
+// [c0, c0 + nc); its planes start at element `first` (one sample apart: c * s), and its
+// statistics at index i0 of the [G, C] buffers.
+struct Region {
+  int64_t g, c0, nc, first, planes, i0;
+};
+
+// Runs fn(region) for every region of (at most) cb channels, on up to `threads` threads.
+template <typename Fn>
+void for_each_region(const GhostBNShape& sh, int64_t cb, int threads, const Fn& fn) {
+  const int64_t blocks = (sh.c + cb - 1) / cb;
+  parallel_for(sh.num_ghost() * blocks, threads, [&](int64_t item) {
+    const int64_t g = item / blocks;
+    const int64_t c0 = item % blocks * cb;
+    fn(Region{g, c0, sh.c - c0 < cb ? sh.c - c0 : cb, (g * sh.vbs * sh.c + c0) * sh.s, sh.ghost_samples(g),
+              g * sh.c + c0});
+  });
+}
+
 // Per (ghost batch, channel) double sums a, b over the input(s), by layout. `planes(g, c0, nc, a,
 // b)` sums the planes of channels [c0, c0 + nc) of ghost batch g into a[0..nc), b[0..nc); `rows(row0,
 // rows, g, a, b)` sums rows into per-channel partials.
@@ -194,13 +213,8 @@ void reduce(const GhostBNShape& sh, int num_threads, double* out_a, double* out_
     // kRegionItemsPerThread items per thread (a single ghost batch, few channels).
     int64_t cb = region_channels(sh, kRegionRun);
     while (cb > 1 && G * ((sh.c + cb - 1) / cb) < kRegionItemsPerThread * threads) cb = (cb + 1) / 2;
-    const int64_t blocks = (sh.c + cb - 1) / cb;
-    parallel_for(G * blocks, threads, [&](int64_t i) {
-      const int64_t g = i / blocks;
-      const int64_t c0 = i % blocks * cb;
-      const int64_t nc = sh.c - c0 < cb ? sh.c - c0 : cb;
-      planes(g, c0, nc, out_a + g * sh.c + c0, out_b + g * sh.c + c0);
-    });
+    for_each_region(sh, cb, threads,
+                    [&](const Region& r) { planes(r.g, r.c0, r.nc, out_a + r.i0, out_b + r.i0); });
     return;
   }
   const RowBlocks blocks(sh);
@@ -525,13 +539,8 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     // items than kRegionItemsPerThread per thread (one ghost batch and few channels) the passes
     // below keep both threads busy.
     const GhostBNKernels& k = gbn_kernels();
-    parallel_for(G * fblocks, threads, [&](int64_t item) {
-      const int64_t g = item / fblocks;
-      const int64_t c0 = item % fblocks * fcb;
-      const int64_t nc = C - c0 < fcb ? C - c0 : fcb;
-      const int64_t first = (g * sh.vbs * C + c0) * sh.s;
-      const int64_t planes = sh.ghost_samples(g);
-      const int64_t i0 = g * C + c0;
+    for_each_region(sh, fcb, threads, [&](const Region& r) {
+      const auto [g, c0, nc, first, planes, i0] = r;
       double shift[kMaxRegionChannels];
       for (int64_t j = 0; j < nc; ++j) shift[j] = first_of(sh, x, g, c0 + j);
       k.stats_region(at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype, shift, mean + i0, m2 + i0);
@@ -686,14 +695,8 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
     // while it is still in the cache (NOTE: [Ghost batch norm regions]).
     const GhostBNKernels& k = gbn_kernels();
     const int64_t cb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
-    const int64_t blocks = (C + cb - 1) / cb;
-    parallel_for(G * blocks, threads, [&](int64_t item) {
-      const int64_t g = item / blocks;
-      const int64_t c0 = item % blocks * cb;
-      const int64_t nc = C - c0 < cb ? C - c0 : cb;
-      const int64_t first = (g * sh.vbs * C + c0) * sh.s;
-      const int64_t planes = sh.ghost_samples(g);
-      const int64_t i0 = g * C + c0;
+    for_each_region(sh, cb, threads, [&](const Region& r) {
+      const auto [g, c0, nc, first, planes, i0] = r;
       k.bwd_reduce_region(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype,
                           save_mean + i0, save_mean + G * C + i0, sdy + i0, sdyx + i0);
       float mdy[kMaxRegionChannels], kk[kMaxRegionChannels], a[kMaxRegionChannels];

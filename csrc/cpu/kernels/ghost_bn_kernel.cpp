@@ -848,6 +848,19 @@ void bwd_reduce_region_f32(const T* dy, const T* x, int64_t sample_stride, int64
       sdy, sdyx);
 }
 
+// Adds the four 16-lane float partials of a 32-channel group (a: channels j..j+31 of the first
+// sum, b: of the second) to the double sums, lane by lane.
+static inline void add_group32(double* s1, double* s2, V16f a0, V16f a1, V16f b0, V16f b1) {
+  float t[4][16];
+  store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
+  for (int l = 0; l < 16; ++l) {
+    s1[l] += static_cast<double>(t[0][l]);
+    s1[16 + l] += static_cast<double>(t[1][l]);
+    s2[l] += static_cast<double>(t[2][l]);
+    s2[16 + l] += static_cast<double>(t[3][l]);
+  }
+}
+
 // Row statistics of 16-bit data: per channel, float partials over runs of kFRows rows added to
 // s1, s2 (NOTE: [Ghost batch norm float blocks]). Channels in groups of 32 with the partials in
 // registers; the last c % 32 channels one by one (the same operations per channel).
@@ -875,14 +888,7 @@ void stats_rows_f32(const T* x, int64_t num_rows, int64_t c, const double* shift
           gbn_stats_add(load16f(f + 16), h1, &a1, &b1);
         }
       }
-      float t[4][16];
-      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
-      for (int l = 0; l < 16; ++l) {
-        s1[j + l] += static_cast<double>(t[0][l]);
-        s1[j + 16 + l] += static_cast<double>(t[1][l]);
-        s2[j + l] += static_cast<double>(t[2][l]);
-        s2[j + 16 + l] += static_cast<double>(t[3][l]);
-      }
+      add_group32(s1 + j, s2 + j, a0, a1, b0, b1);
     }
     for (int64_t j = c32; j < c; ++j) {
       const float shf = static_cast<float>(shift[j]);
@@ -920,14 +926,7 @@ void bwd_reduce_rows_f32(const T* dy, const T* x, int64_t num_rows, int64_t c, c
           gbn_backward_add(load16f(g + 16), load16f(f + 16), h1, l1, &a1, &b1);
         }
       }
-      float t[4][16];
-      store16f(t[0], a0), store16f(t[1], a1), store16f(t[2], b0), store16f(t[3], b1);
-      for (int l = 0; l < 16; ++l) {
-        sdy[j + l] += static_cast<double>(t[0][l]);
-        sdy[j + 16 + l] += static_cast<double>(t[1][l]);
-        sdyx[j + l] += static_cast<double>(t[2][l]);
-        sdyx[j + 16 + l] += static_cast<double>(t[3][l]);
-      }
+      add_group32(sdy + j, sdyx + j, a0, a1, b0, b1);
     }
     for (int64_t j = c32; j < c; ++j) {
       float a = 0.f, b = 0.f;
