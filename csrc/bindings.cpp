@@ -157,7 +157,7 @@ class GradNormPlan {
       out.push_back(PtrList{std::vector<int64_t>(pptrs.v.size())});
       n += pptrs.v.size();
     }
-    layout_.check_ptrs(Ptrs(n), "grad");
+    PLAYBOOK_CHECK(n == layout_.size(), "got ", n, " params in the segments for a plan of ", layout_.size());
     std::vector<TensorDesc> descs(n);
     for (size_t i = 0; i < n; ++i) descs[i] = layout_.desc(i, 0);
     size_t seg = 0, base = 0;  // produce(i) runs for i = 0, 1, ... in order

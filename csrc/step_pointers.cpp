@@ -56,14 +56,8 @@ void init_step_pointers(py::module_& m) {
       })
       .def("__iter__", [](const PtrList& p) { return py::make_iterator(p.v.begin(), p.v.end()); },
            py::keep_alive<0, 1>())
-      .def("__eq__", [](const PtrList& a, const PtrList& b) { return a.v == b.v; })
       .def("tolist", [](const PtrList& p) { return p.v; })
-      .def("__repr__", [](const PtrList& p) { return "PtrList(" + std::to_string(p.v.size()) + " pointers)"; })
-      .def_static("concat", [](const std::vector<const PtrList*>& parts) {
-        PtrList out;
-        for (const PtrList* p : parts) out.v.insert(out.v.end(), p->v.begin(), p->v.end());
-        return out;
-      }, py::arg("parts"));
+      .def("__repr__", [](const PtrList& p) { return "PtrList(" + std::to_string(p.v.size()) + " pointers)"; });
   py::class_<StepPointers>(m, "StepPointers", "Param and grad pointers of a step in one C pass (NOTE: [Step pointers])")
       .def(py::init<py::handle, py::handle, py::handle>(), py::arg("grad"), py::arg("data_ptr"),
            py::arg("is_contiguous"))

@@ -65,6 +65,11 @@ def _use_raw_data_ptr(sp: Any) -> bool:
 _use_raw_data_ptr(_STEP_POINTERS)
 
 
+def _concat_ptrs(parts: list) -> Any:
+    """The grad pointers of several device plans as one list, in order (one plan: as it is)."""
+    return parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
+
+
 def _profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.optim.Optimizer.profile_hook_step`` with the profiler range only while a profiler runs.
 
@@ -662,7 +667,7 @@ class FusedOptimizer(Optimizer):
             parts.append(gptrs)
         last = _LastStep()
         for device, (dps, parts) in per_device.items():
-            ptrs = parts[0] if len(parts) == 1 else list(chain.from_iterable(map(list, parts)))
+            ptrs = _concat_ptrs(parts)
             np_ = self._norm_plan(device, dps)
             scratch = np_.scratch
             np_.plan.sumsq(
@@ -700,8 +705,7 @@ class FusedOptimizer(Optimizer):
         if not isinstance(gptrs, list):
             return None
         last = _LastStep()
-        ptrs = gptrs[0] if len(gptrs) == 1 else list(chain.from_iterable(map(list, gptrs)))
-        last.norm_plans.append((np_, dps, ptrs))
+        last.norm_plans.append((np_, dps, _concat_ptrs(gptrs)))
         return [(g, (dp, dp.param_ptrs, gp)) for g, dp, gp in zip(work, dps, gptrs)], last, [device]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
