@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,9 @@ struct ParamLayout {
   int device;
   std::vector<int64_t> numels;
   std::vector<DType> dtypes;
+  // CPU: the chunks and work items of the whole list, for every step in which all params take part
+  // (NOTE: [Cached chunk schedule] in csrc/cpu/chunks.h).
+  std::shared_ptr<const cpu::ChunkSchedule> schedule;
 
   ParamLayout(int device_, const Ptrs& numels_, const std::vector<int>& dtypes_) : device(device_) {
     PLAYBOOK_CHECK(numels_.size() == dtypes_.size(), "got ", numels_.size(), " numels but ",
@@ -110,6 +114,11 @@ struct ParamLayout {
     numels = numels_;
     dtypes.reserve(dtypes_.size());
     for (int d : dtypes_) dtypes.push_back(static_cast<DType>(d));
+    if (device == kCPUDevice) {
+      std::vector<TensorDesc> descs(numels.size());
+      for (size_t i = 0; i < descs.size(); ++i) descs[i] = desc(i, 0);
+      schedule = cpu::chunk_schedule(descs);
+    }
   }
 
   size_t size() const { return numels.size(); }
@@ -170,7 +179,8 @@ class GradNormPlan {
       *data = as_ptr<void>(slot);
       return true;
     };
-    if (!cpu::sumsq_streamed(descs, produce, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads)) {
+    if (!cpu::sumsq_streamed(descs, produce, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads,
+                             layout_.schedule.get())) {
       return py::none();
     }
     py::list result;
@@ -188,7 +198,8 @@ class GradNormPlan {
       if (grad_ptrs[i] == 0) descs[i].numel = 0;  // no grad this step
     }
     if (layout_.device == kCPUDevice) {
-      cpu::sumsq(descs, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads);
+      cpu::sumsq(descs, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr), num_threads,
+                 layout_.schedule.get());
     } else {
       cuda::sumsq(descs, as_ptr<double>(per_tensor_ptr), as_ptr<double>(total_ptr),
                   as_ptr<void>(scratch_ptr), scratch_bytes, layout_.device, as_stream(stream));
@@ -229,6 +240,7 @@ std::vector<size_t> active(const Ptrs& grad_ptrs) {
 
 // The entries of a per-param state list for the params in idx.
 std::vector<float*> pick(const std::vector<float*>& state, const std::vector<size_t>& idx) {
+  if (idx.size() == state.size()) return state;  // every param has a grad: idx is 0..n-1
   std::vector<float*> out;
   out.reserve(idx.size());
   for (size_t i : idx) out.push_back(state[i]);
@@ -241,6 +253,8 @@ std::vector<size_t> pick_params(const ParamLayout& layout, const Ptrs& param_ptr
   layout.check_ptrs(param_ptrs, "param");
   layout.check_ptrs(grad_ptrs, "grad");
   std::vector<size_t> idx = active(grad_ptrs);
+  params->reserve(idx.size());
+  grads->reserve(idx.size());
   for (size_t i : idx) {
     params->push_back(layout.desc(i, param_ptrs[i]));
     grads->push_back(layout.desc(i, grad_ptrs[i]));
@@ -252,11 +266,11 @@ std::vector<size_t> pick_params(const ParamLayout& layout, const Ptrs& param_ptr
 template <typename Tensors, typename Hyper>
 void run_step(const ParamLayout& layout, const Tensors& t, const Hyper& h, int64_t step_values_ptr,
               int num_threads, int64_t stream,
-              void (*cpu_step)(const Tensors&, const Hyper&, const float*, int),
+              void (*cpu_step)(const Tensors&, const Hyper&, const float*, int, const cpu::ChunkSchedule*),
               void (*cuda_step)(const Tensors&, const Hyper&, const float*, int, void*)) {
   const float* values = as_ptr<const float>(step_values_ptr);
   if (layout.device == kCPUDevice) {
-    cpu_step(t, h, values, num_threads);
+    cpu_step(t, h, values, num_threads, layout.schedule.get());  // used when every param has a grad
   } else {
     cuda_step(t, h, values, layout.device, as_stream(stream));
   }

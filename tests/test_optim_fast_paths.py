@@ -532,3 +532,45 @@ def test_step_pointers_raise_torchs_error_for_a_tensor_without_storage(raw):
         sparse.data_ptr()
     with pytest.raises(RuntimeError, match="doesn't have storage"):
         sp.collect([sparse], _C.PtrList([0]))
+
+
+@pytest.mark.parametrize("family", ["adam", "nadam", "sgd"])
+def test_cached_chunk_schedule_steps_with_every_grad_some_grads_and_every_grad_again(family):
+    """A plan's chunk schedule (NOTE: [Cached chunk schedule]) serves the steps in which every param
+    has a grad; steps with some grads missing build their own: torch.optim's trajectory either way,
+    and the same bits on one and two threads. Sizes cross chunk edges (16384) and the 64K-element
+    threshold of the thread pool."""
+    sizes = [16384 * 3 + 5, 7, 16384, 1, 40_000, 300] * 4
+
+    def build(_):
+        gen = torch.Generator().manual_seed(3)
+        base = [torch.randn(n, generator=gen) for n in sizes]
+        ours = [torch.nn.Parameter(b.clone()) for b in base]
+        ref = [torch.nn.Parameter(b.clone()) for b in base]
+        if family == "adam":
+            opt, topt = playbook.optim.Adam(ours, lr=1e-2, max_grad_norm=2.0), torch.optim.Adam(ref, lr=1e-2, foreach=False)
+        elif family == "nadam":
+            opt, topt = playbook.optim.NAdam(ours, lr=1e-2, max_grad_norm=2.0), torch.optim.NAdam(ref, lr=1e-2, foreach=False)
+        else:
+            opt = playbook.optim.SGD(ours, lr=1e-2, momentum=0.9, nesterov=True, max_grad_norm=2.0)
+            topt = torch.optim.SGD(ref, lr=1e-2, momentum=0.9, nesterov=True, foreach=False)
+        for it in range(4):
+            for i, (p, q) in enumerate(zip(ours, ref)):
+                if it == 2 and i % 3 == 1:  # some grads missing: not the plan's schedule
+                    p.grad = q.grad = None
+                    continue
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            opt.step()
+            torch.nn.utils.clip_grad_norm_([q for q in ref if q.grad is not None], 2.0)
+            topt.step()
+        return [p.detach().clone() for p in ours], [q.detach().clone() for q in ref]
+
+    threads = torch.get_num_threads()
+    try:
+        (one, ref), (two, _) = _run("auto", 1, build, 0), _run("auto", 2, build, 0)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, r in zip(one, two, ref):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ namespace cpu {
 
 inline std::vector<Chunk> make_chunks(const std::vector<TensorDesc>& tensors) {
   std::vector<Chunk> chunks;
+  chunks.reserve(tensors.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     for (int64_t b = 0; b < tensors[i].numel; b += kChunkSize) {
       const int64_t size = tensors[i].numel - b < kChunkSize ? tensors[i].numel - b : kChunkSize;
@@ -54,6 +55,7 @@ struct ChunkRange {
 
 inline std::vector<ChunkRange> pack_chunks(const std::vector<Chunk>& chunks) {
   std::vector<ChunkRange> items;
+  items.reserve(chunks.size());
   std::size_t c = 0;
   while (c < chunks.size()) {
     ChunkRange item{c, c + 1};
@@ -68,29 +70,70 @@ inline std::vector<ChunkRange> pack_chunks(const std::vector<Chunk>& chunks) {
   return items;
 }
 
-// Runs fn(c) for every chunk index c of `chunks` (packed into items) on the pool, or on the
+// NOTE: [Cached chunk schedule]
+// A step over a tensor list first cuts it into chunks and packs them into work items; for 400
+// small tensors that bookkeeping costs about what the kernels of a 200K-element step cost on one
+// core's worth of cache misses and allocations (~4 us). It depends only on the numels, which a
+// plan (csrc/bindings.cpp) fixes for its lifetime, so a plan builds the schedule of its params once
+// (chunk_schedule) and passes it with every step in which all its params have a grad. The
+// drivers check that a schedule they are given was built for the same numels, and build one
+// themselves when none is given: the chunks, items and results are the same either way.
+struct ChunkSchedule {
+  std::vector<int64_t> numels;      // of the tensor list it was built for
+  std::vector<Chunk> chunks;
+  std::vector<ChunkRange> items;    // NOTE: [Packed work items]
+  int64_t total = 0;                // elements
+};
+
+inline ChunkSchedule make_schedule(const std::vector<TensorDesc>& tensors) {
+  ChunkSchedule s;
+  s.numels.reserve(tensors.size());
+  for (const TensorDesc& t : tensors) s.numels.push_back(t.numel);
+  s.chunks = make_chunks(tensors);
+  s.items = pack_chunks(s.chunks);
+  s.total = total_numel(tensors);
+  return s;
+}
+
+inline bool schedule_matches(const ChunkSchedule& s, const std::vector<TensorDesc>& tensors) {
+  if (s.numels.size() != tensors.size()) return false;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (s.numels[i] != tensors[i].numel) return false;
+  }
+  return true;
+}
+
+// `cached` if it was built for these tensors (else a fresh schedule in *fresh).
+inline const ChunkSchedule& schedule_for(const std::vector<TensorDesc>& tensors, const ChunkSchedule* cached,
+                                         ChunkSchedule* fresh) {
+  if (cached != nullptr && schedule_matches(*cached, tensors)) return *cached;
+  *fresh = make_schedule(tensors);
+  return *fresh;
+}
+
+// Runs fn(c) for every chunk index c of the schedule (its packed items) on the pool, or on the
 // calling thread for small problems.
 template <typename Fn>
-void for_each_chunk_index(const std::vector<Chunk>& chunks, int64_t total_elements, int num_threads,
-                          const Fn& fn) {
-  const int threads = threads_for(total_elements, num_threads);
+void for_each_chunk_index(const ChunkSchedule& s, int num_threads, const Fn& fn) {
+  const int threads = threads_for(s.total, num_threads);
   if (threads == 1) {
-    for (std::size_t c = 0; c < chunks.size(); ++c) fn(c);
+    for (std::size_t c = 0; c < s.chunks.size(); ++c) fn(c);
     return;
   }
-  const std::vector<ChunkRange> items = pack_chunks(chunks);
-  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
-    const ChunkRange& item = items[static_cast<std::size_t>(it)];
+  parallel_for(static_cast<int64_t>(s.items.size()), threads, [&](int64_t it) {
+    const ChunkRange& item = s.items[static_cast<std::size_t>(it)];
     for (std::size_t c = item.first; c < item.last; ++c) fn(c);
   });
 }
 
-// Runs fn(chunk) for every chunk of `tensors` (NOTE: [Packed work items]).
+// Runs fn(chunk) for every chunk of `tensors` (NOTE: [Packed work items]), with the plan's
+// schedule when it has one for them (NOTE: [Cached chunk schedule]).
 template <typename Fn>
-void for_each_chunk(const std::vector<TensorDesc>& tensors, int num_threads, const Fn& fn) {
-  const std::vector<Chunk> chunks = make_chunks(tensors);
-  for_each_chunk_index(chunks, total_numel(tensors), num_threads,
-                       [&](std::size_t c) { fn(chunks[c]); });
+void for_each_chunk(const std::vector<TensorDesc>& tensors, const ChunkSchedule* cached, int num_threads,
+                    const Fn& fn) {
+  ChunkSchedule fresh;
+  const ChunkSchedule& s = schedule_for(tensors, cached, &fresh);
+  for_each_chunk_index(s, num_threads, [&](std::size_t c) { fn(s.chunks[c]); });
 }
 
 }  // namespace cpu

@@ -12,7 +12,8 @@
 namespace playbook {
 namespace cpu {
 
-void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int num_threads) {
+void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int num_threads,
+                const ChunkSchedule* schedule) {
   const size_t n = t.params.size();
   check_param_grad_pairs(t.params, t.grads);
   check_state_list(t.exp_avgs, n, "exp_avg");
@@ -40,7 +41,7 @@ void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_va
   }
 
   const KernelTable& k = kernels();
-  for_each_chunk(t.params, num_threads, [&](const Chunk& ch) {
+  for_each_chunk(t.params, schedule, num_threads, [&](const Chunk& ch) {
     const size_t i = static_cast<size_t>(ch.tensor);
     k.nadam(element_ptr(t.params[i], ch.begin), element_ptr(t.grads[i], ch.begin), t.exp_avgs[i] + ch.begin,
             t.exp_avg_sqs[i] + ch.begin, ch.size, t.params[i].dtype, scalars[i]);

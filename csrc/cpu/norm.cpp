@@ -45,13 +45,15 @@ inline void cpu_relax() {
 }  // namespace
 
 void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, double* total,
-           int num_threads) {
+           int num_threads, const ChunkSchedule* schedule) {
   check_tensor_list(tensors, "grad");
   check_sumsq_args(tensors, total);
-  const std::vector<Chunk> chunks = make_chunks(tensors);
+  ChunkSchedule fresh;
+  const ChunkSchedule& s = schedule_for(tensors, schedule, &fresh);
+  const std::vector<Chunk>& chunks = s.chunks;
   std::vector<double> partial(chunks.size());
   const KernelTable& k = kernels();
-  for_each_chunk_index(chunks, total_numel(tensors), num_threads, [&](std::size_t c) {
+  for_each_chunk_index(s, num_threads, [&](std::size_t c) {
     const Chunk& ch = chunks[c];
     const TensorDesc& t = tensors[ch.tensor];
     partial[c] = k.sumsq(element_ptr(t, ch.begin), ch.size, t.dtype);
@@ -70,12 +72,14 @@ void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, dou
 // everything at once with `stop` set: the waiting threads then skip their items and nothing is
 // written.
 bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<bool(size_t, void**)>& produce,
-                    double* per_tensor_sumsq, double* total, int num_threads) {
+                    double* per_tensor_sumsq, double* total, int num_threads, const ChunkSchedule* schedule) {
   check_tensor_list(tensors, "grad", /*check_data=*/false);  // the pointers come from produce
   check_sumsq_args(tensors, total);
   std::vector<TensorDesc> descs = tensors;
-  const std::vector<Chunk> chunks = make_chunks(descs);
-  const std::vector<ChunkRange> items = pack_chunks(chunks);
+  ChunkSchedule fresh;
+  const ChunkSchedule& s = schedule_for(descs, schedule, &fresh);
+  const std::vector<Chunk>& chunks = s.chunks;
+  const std::vector<ChunkRange>& items = s.items;
   std::vector<double> partial(chunks.size());
   const KernelTable& k = kernels();
   std::atomic<size_t> ready{0};
@@ -122,7 +126,7 @@ bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<
       }
     }
   };
-  run_with_producer(threads_for(total_numel(descs), num_threads), produce_all, work);
+  run_with_producer(threads_for(s.total, num_threads), produce_all, work);
   if (error) std::rethrow_exception(error);
   if (stop.load(std::memory_order_relaxed)) return false;
   combine(chunks, partial, n, per_tensor_sumsq, total);

@@ -11,7 +11,8 @@
 namespace playbook {
 namespace cpu {
 
-void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, int num_threads) {
+void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, int num_threads,
+              const ChunkSchedule* schedule) {
   const size_t n = t.params.size();
   const bool has_momentum = h.momentum != 0.f;
   check_param_grad_pairs(t.params, t.grads);
@@ -31,7 +32,7 @@ void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, 
   }
 
   const KernelTable& k = kernels();
-  for_each_chunk(t.params, num_threads, [&](const Chunk& ch) {
+  for_each_chunk(t.params, schedule, num_threads, [&](const Chunk& ch) {
     const size_t i = static_cast<size_t>(ch.tensor);
     k.sgd(element_ptr(t.params[i], ch.begin), element_ptr(t.grads[i], ch.begin),
           has_momentum ? t.momentum_buffers[i] + ch.begin : nullptr, ch.size, t.params[i].dtype, scalars[i]);

@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "playbook/tensor.h"
@@ -147,19 +148,29 @@ const char* simd_level();
 // Force a level (tests and benchmarks); returns false if this CPU or build lacks it.
 bool set_simd_level(const char* level);
 
+// How a tensor list is cut into chunks and work items (csrc/cpu/chunks.h). A plan builds the one of
+// its params once and passes it to the calls below (NOTE: [Cached chunk schedule]); a schedule
+// built for other numels, or none, makes the call build its own.
+struct ChunkSchedule;
+std::shared_ptr<const ChunkSchedule> chunk_schedule(const std::vector<TensorDesc>& tensors);
+
 void sumsq(const std::vector<TensorDesc>& tensors, double* per_tensor_sumsq, double* total,
-           int num_threads);
+           int num_threads, const ChunkSchedule* schedule = nullptr);
 // sumsq of tensors whose data pointers are not known yet (NOTE: [Streamed sum of squares] in
 // csrc/cpu/norm.cpp): produce(i, &data) runs on the calling thread for i = 0, 1, ... in order and
 // returns false to stop; the other threads reduce each tensor as soon as its pointer is out. On a
 // stop nothing is written and false is returned; an exception thrown by produce is rethrown after
 // the threads have finished. Results are bit-identical to sumsq's.
 bool sumsq_streamed(const std::vector<TensorDesc>& tensors, const std::function<bool(size_t, void**)>& produce,
-                    double* per_tensor_sumsq, double* total, int num_threads);
+                    double* per_tensor_sumsq, double* total, int num_threads,
+                    const ChunkSchedule* schedule = nullptr);
 void finalize_grad_norm(const double* total_sumsq, const ClipArgs& args, const StepState& state);
-void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_values, int num_threads);
-void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int num_threads);
-void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, int num_threads);
+void adam_step(const AdamTensors& t, const AdamHyper& h, const float* step_values, int num_threads,
+               const ChunkSchedule* schedule = nullptr);
+void nadam_step(const NAdamTensors& t, const NAdamHyper& h, const float* step_values, int num_threads,
+                const ChunkSchedule* schedule = nullptr);
+void sgd_step(const SGDTensors& t, const SGDHyper& h, const float* step_values, int num_threads,
+              const ChunkSchedule* schedule = nullptr);
 
 }  // namespace cpu
 

@@ -25,6 +25,16 @@ struct TensorDesc {
 };
 
 const char* dtype_name(DType dtype);
-int64_t dtype_size(DType dtype);
+
+// Bytes per element (inline: the drivers compute chunk addresses with it for every chunk; static,
+// so the per-ISA kernel files that include this header emit no shared symbol: NOTE: [SIMD dispatch]).
+static inline int64_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kBFloat16: return 2;
+    case DType::kFloat16: return 2;
+  }
+  return 0;
+}
 
 }  // namespace playbook
