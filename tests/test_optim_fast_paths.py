@@ -93,8 +93,8 @@ def test_bf16_rounding_of_the_update_matches_torch():
         m = torch.lerp(m, gf, 0.1)
         v = v * 0.999 + 0.001 * gf * gf
         step_size = torch.tensor(1e-2 / (1 - 0.9 ** t), dtype=torch.float64).float()
-        bc2_sqrt = torch.tensor((1 - 0.999 ** t) ** 0.5, dtype=torch.float64).float()
-        ref = ref + (-step_size) * m / (torch.sqrt(v) / bc2_sqrt + 1e-8)
+        inv_bc2_sqrt = torch.tensor(1 / (1 - 0.999 ** t) ** 0.5, dtype=torch.float64).float()
+        ref = ref + (-step_size) * m / (torch.sqrt(v) * inv_bc2_sqrt + 1e-8)  # NOTE: [Adam denominator]
         ref = ref.to(torch.bfloat16).float()
         torch.testing.assert_close(p.detach().float(), ref, rtol=0, atol=0)
 

@@ -131,7 +131,8 @@ struct SGDHyper {
 // t = step + 1 read from steps[i]; bc1 = 1 - beta1^t, bc2 = 1 - beta2^t computed in double)
 //  g = maximize ? -g : g;  L2 decay: g += wd * p;  decoupled decay: p *= 1 - lr * wd
 //  Adam  m = m + (1-b1)(g - m); v = b2 v + (1-b2) g^2; (amsgrad: vmax = max(vmax, v), use vmax)
-//        torch:    p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+//        torch:    p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)   (1 / sqrt(bc2) once per
+//                  tensor, multiplying sqrt(v): NOTE: [Adam denominator] in playbook/math/adam.h)
 //        playbook: p -= (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps)
 //  NAdam torch:    mu = b1 (1 - 0.5 * 0.96^(t md)), mu_next = b1 (1 - 0.5 * 0.96^((t+1) md)),
 //                  mu_product *= mu; m, v as Adam; denom = sqrt(v / bc2) + eps;
