@@ -574,3 +574,46 @@ def test_cached_chunk_schedule_steps_with_every_grad_some_grads_and_every_grad_a
     for a, b, r in zip(one, two, ref):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_params_in_the_denormal_range_and_nan_round_like_torch_at_every_level():
+    """bf16 params whose updates land in the denormal range, and a NaN (skip_nonfinite=False): the
+    one-instruction rounding (NOTE: [bf16 rounding instruction]) reads denormals as zero and keeps a
+    NaN's payload, so such strips take the integer rounding. Every level gives the same bits as the
+    float32 formula rounded to nearest even (torch's conversion), NaN as 0x7fc0."""
+    gen = torch.Generator().manual_seed(9)
+    n = 4099
+    bits = torch.randint(1, 0x80, (n,), generator=gen, dtype=torch.int32)  # bf16 denormal magnitudes
+    bits |= torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32) << 15
+    bits[::7] = torch.randint(0x0080, 0x7f00, (len(bits[::7]),), generator=gen, dtype=torch.int32)  # some normal
+    start = bits.to(torch.int16).view(torch.bfloat16)
+    grads = [torch.randn(n, generator=gen).to(torch.bfloat16) for _ in range(3)]
+    grads[2][100] = float("nan")  # the last step writes a NaN into strip 6 (skip_nonfinite=False)
+    results = {}
+    for level in _levels():
+        assert _C.set_simd_level(level)
+        try:
+            p = torch.nn.Parameter(start.clone())
+            opt = playbook.optim.Adam([p], lr=1e-39, max_grad_norm=None, skip_nonfinite=False)
+            for g in grads:
+                p.grad = g.clone()
+                opt.step()
+            results[level] = p.detach().clone()
+        finally:
+            _C.set_simd_level("auto")
+    ref = start.float()
+    m = torch.zeros(n)
+    v = torch.zeros(n)
+    for t, g in enumerate(grads, start=1):
+        gf = g.float()
+        m = torch.lerp(m, gf, 0.1)
+        v = v * 0.999 + 0.001 * gf * gf
+        step_size = torch.tensor(1e-39 / (1 - 0.9 ** t), dtype=torch.float64).float()
+        inv_bc2_sqrt = torch.tensor(1 / (1 - 0.999 ** t) ** 0.5, dtype=torch.float64).float()
+        ref = (ref + (-step_size) * m / (torch.sqrt(v) * inv_bc2_sqrt + 1e-8)).to(torch.bfloat16).float()
+    want = ref.to(torch.bfloat16).view(torch.int16)
+    assert (want.view(torch.bfloat16).float().abs() < 1.2e-38).sum() > n // 2  # most stayed denormal
+    assert torch.isnan(ref[100])
+    want[100] = 0x7FC0  # the NaN of c10::BFloat16's scalar rounding (torch's vectorized .to() keeps the payload)
+    for level, got in results.items():
+        assert torch.equal(got.view(torch.int16), want), level

@@ -37,10 +37,11 @@ void adam_f32(float* __restrict p, const float* __restrict g, float* __restrict 
 #ifdef PLAYBOOK_BF16_AVX512
 // bf16 at the AVX-512 level: NOTE: [bf16 in registers] (csrc/cpu/kernels/bf16_avx512.h). The
 // 16-element strip stays in registers (the j loop is vectorized whole); the tail goes through the
-// scalar conversions.
-template <bool kAmsgrad>
-void adam_bf16(Bf16* __restrict p, const Bf16* __restrict g, float* __restrict m, float* __restrict v,
-               float* __restrict vmax, int64_t n, const AdamScalars& in) {
+// scalar conversions. kNative: params rounded back by vcvtneps2bf16 (NOTE: [bf16 rounding
+// instruction]).
+template <bool kAmsgrad, bool kNative>
+static inline void adam_bf16_strips(Bf16* __restrict p, const Bf16* __restrict g, float* __restrict m,
+                                    float* __restrict v, float* __restrict vmax, int64_t n, const AdamScalars& in) {
   const math::MomentConsts c = in.c;
   const math::AdamStepScalars s = in.s;
   constexpr int kW = 16;
@@ -58,7 +59,11 @@ void adam_bf16(Bf16* __restrict p, const Bf16* __restrict g, float* __restrict m
       v[i + j] = exp_avg_sq;
       if (kAmsgrad) vmax[i + j] = max_sq;
     }
-    store16_bf16(p + i, _mm512_load_ps(pb));
+    if constexpr (kNative) {
+      store16_bf16_native(p + i, _mm512_load_ps(pb));  // NOTE: [bf16 rounding instruction]
+    } else {
+      store16_bf16(p + i, _mm512_load_ps(pb));
+    }
   }
   for (; i < n; ++i) {
     float param = to_float(p[i]), exp_avg = m[i], exp_avg_sq = v[i];
@@ -68,6 +73,25 @@ void adam_bf16(Bf16* __restrict p, const Bf16* __restrict g, float* __restrict m
     m[i] = exp_avg;
     v[i] = exp_avg_sq;
     if (kAmsgrad) vmax[i] = max_sq;
+  }
+}
+
+// The strip loop compiled twice: with the one-instruction rounding for CPUs with AVX512_BF16
+// (flatten inlines the loop and the rounding into this function, which carries the target), and
+// without it (compiled for the AVX-512 level alone).
+template <bool kAmsgrad>
+PLAYBOOK_BF16_NATIVE_TARGET __attribute__((flatten)) void adam_bf16_native(Bf16* p, const Bf16* g, float* m,
+                                                                           float* v, float* vmax, int64_t n,
+                                                                           const AdamScalars& s) {
+  adam_bf16_strips<kAmsgrad, true>(p, g, m, v, vmax, n, s);
+}
+
+template <bool kAmsgrad>
+void adam_bf16(Bf16* p, const Bf16* g, float* m, float* v, float* vmax, int64_t n, const AdamScalars& s) {
+  if (has_avx512_bf16()) {
+    adam_bf16_native<kAmsgrad>(p, g, m, v, vmax, n, s);
+  } else {
+    adam_bf16_strips<kAmsgrad, false>(p, g, m, v, vmax, n, s);
   }
 }
 
