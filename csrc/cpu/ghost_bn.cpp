@@ -51,7 +51,17 @@ constexpr int64_t kMinParallelElems = 1 << 15;
 // bf16): the statistics pass reads whole samples (or 16 planes) in one sequential run.
 constexpr int64_t kRegionRun = 16384;
 constexpr int64_t kRegionItemsPerThread = 4;
-constexpr int64_t kFusedElems = 32768;      // fused contiguous backward and fp32 forward: elements per region
+// Fused contiguous passes (NOTE: [Ghost batch norm fused forward regions], the fused backward):
+// regions read about kFusedRegionBytes of input (x in the forward, x and dy in the backward), the
+// second read of the region coming from the last-level cache. Measured on this project's VM (32 MB
+// L3, 1 MB L2 per core, 2 threads, cold caches, kernels alone, alternating in one process): 8 MB
+// instead of the earlier 32768 elements (128 KB fp32) makes the NCHW backward 1.4-2.5x faster and
+// the forward 1.2-1.4x at N=256 C=64 16x16 and N=512 C=32 32x32 (fp32 and bf16; N=128 C=256 8x8
+// unchanged): a region reads each sample's planes as one sequential run of up to 64 planes
+// instead of runs of 1-4 planes one sample apart, which the hardware prefetchers follow poorly;
+// 16 MB per region measured slower for the fp32 backward (two threads' regions no longer fit in
+// the cache).
+constexpr int64_t kFusedRegionBytes = int64_t{8} << 20;
 // Fused channels-last passes (one item per ghost batch, sums then output): largest ghost batch, in
 // elements. Measured on this project's VM (2 threads, cold caches, kernels alone): ghost batches of
 // 0.5M-4M elements, which the earlier 256K limit sent to the separate passes, run 1.05-1.5x faster
@@ -179,6 +189,13 @@ int64_t region_channels(const GhostBNShape& sh, int64_t run) {
   if (cb > kMaxRegionChannels) cb = kMaxRegionChannels;
   if (cb > sh.c) cb = sh.c;
   return cb < 1 ? 1 : cb;
+}
+
+// Channels per region of the fused contiguous passes, which read `tensors` inputs of the region
+// (x; x and dy): about kFusedRegionBytes in all.
+int64_t fused_region_channels(const GhostBNShape& sh, int64_t tensors) {
+  const int64_t samples = sh.vbs < sh.n ? sh.vbs : sh.n;
+  return region_channels(sh, kFusedRegionBytes / (tensors * dtype_size(sh.dtype) * samples));
 }
 
 // A region (NOTE: [Ghost batch norm regions]) of the contiguous layout: ghost batch g, channels
@@ -516,28 +533,25 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
   // right after each region's statistics (NOTE: [Ghost batch norm fused forward regions]; per
   // (ghost batch, channel) it measured 2x slower: its planes sit C*s elements apart, a power of two
   // in the usual shapes, so they alias in the caches), unless there are too few regions per
-  // thread or the input is 16-bit and larger than kWindowMinBytes. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
+  // thread. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
   // thread) are normalized right after their statistics: 1d (4096, 1024) about 1.2x faster
   // forward. Otherwise two passes (statistics, then output), in windows for large inputs.
   const int threads = threads_for(sh, num_threads);
-  const int64_t fused_elems = sh.dtype == DType::kFloat32 ? kFusedElems : 4 * kFusedElems;
-  const int64_t fcb = region_channels(sh, fused_elems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+  const int64_t fcb = fused_region_channels(sh, 1);
   const int64_t fblocks = (C + fcb - 1) / fcb;
-  const bool fits_window = sh.n * C * sh.s * dtype_size(sh.dtype) <= kWindowMinBytes;
-  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads &&
-      (sh.dtype == DType::kFloat32 || fits_window)) {
+  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads) {
     // NOTE: [Ghost batch norm fused forward regions]: one item per region (ghost batch x block of
-    // channels: about kFusedElems elements for fp32 input, 4x that for 16-bit input) from its sums
-    // (the same regions, shifts and per-channel order as ghost_bn_stats) through its saved
-    // statistics (as ghost_bn_finalize) to its output (as ghost_bn_apply), the second read of x
-    // coming from the cache: the same bits as the three passes. Measured on this project's VM
-    // (forward kernel alone, 2 threads, cold caches, alternating with the passes below in one
-    // process, loaded machine): fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows,
-    // N=128 C=256 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; bf16 N=256 about 1.1x,
-    // N=128 unchanged, and above kWindowMinBytes (N=512) slower than the windows, which 16-bit
-    // input keeps there. Smaller 16-bit regions (32768 elements) measured slower. With fewer
-    // items than kRegionItemsPerThread per thread (one ghost batch and few channels) the passes
-    // below keep both threads busy.
+    // channels reading about kFusedRegionBytes of x) from its sums (the same shifts and
+    // per-channel order as ghost_bn_stats) through its saved statistics (as ghost_bn_finalize) to
+    // its output (as ghost_bn_apply), the second read of x coming from the cache: the same bits as
+    // the three passes. Measured on this project's VM (forward kernel alone, 2 threads, cold
+    // caches, alternating with the passes below in one process): with regions of 32768 elements
+    // (128 KB fp32), fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows, N=128 C=256
+    // 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; the regions of kFusedRegionBytes
+    // are 1.2-1.4x faster again at N=256 and N=512, now also for 16-bit input above
+    // kWindowMinBytes (bf16 N=512: 3.9 -> 3.1 ms), which the small regions ran slower than the
+    // windows. With fewer items than kRegionItemsPerThread per thread (one ghost batch and few
+    // channels) the passes below keep both threads busy.
     const GhostBNKernels& k = gbn_kernels();
     for_each_region(sh, fcb, threads, [&](const Region& r) {
       const auto [g, c0, nc, first, planes, i0] = r;
@@ -691,10 +705,11 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
                               sh.ghost_count(G - 1), dx, num_threads);
     }
   } else {
-    // One item per region (g, channels [c0, c0 + nc)): its sums, then dx over the same region
-    // while it is still in the cache (NOTE: [Ghost batch norm regions]).
+    // One item per region (g, channels [c0, c0 + nc), reading about kFusedRegionBytes of x and
+    // dy): its sums, then dx over the same region while it is still in the cache (NOTE: [Ghost
+    // batch norm regions]).
     const GhostBNKernels& k = gbn_kernels();
-    const int64_t cb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+    const int64_t cb = fused_region_channels(sh, 2);
     for_each_region(sh, cb, threads, [&](const Region& r) {
       const auto [g, c0, nc, first, planes, i0] = r;
       k.bwd_reduce_region(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype,
