@@ -383,6 +383,7 @@ def test_convert_keeps_mode_requires_grad_and_converts_syncbn() -> None:
         (False, torch.float32, (2048, 1025), 64),  # rows: each cached ghost batch in one pass
         (False, torch.float32, (96, 32, 40, 40), 20),  # 19.7 MB: the contiguous forward in windows
         (True, torch.float32, (96, 32, 40, 40), 20),  # 4 MB ghost batches: fused at 1 thread, not at 3
+        (True, torch.float32, (48, 32, 40, 40), 24),  # 4.9 MB ghost batches: backward in windows
     ],
 )
 def test_bitwise_independent_of_threads_and_simd_level(
@@ -414,14 +415,20 @@ def test_bitwise_independent_of_threads_and_simd_level(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_large_contiguous_forward_equals_ghost_batches_run_apart(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("channels_last, vbs, per_piece", [(False, 20, 2), (True, 48, 1)])
+def test_large_input_equals_ghost_batches_run_apart(
+    dtype: torch.dtype, channels_last: bool, vbs: int, per_piece: int
+) -> None:
     # Ghost batches are independent, so the output and the input gradient of a large batch equal,
     # bit for bit, those of its ghost batches run as separate smaller batches. Here the whole batch
-    # (19.7 MB float32) is normalized in windows, the 2-ghost-batch pieces (8 MB) in one pass.
+    # (19.7 MB float32) is normalized in windows of whole ghost batches (contiguous: 4 MB ghost
+    # batches, the 2-ghost-batch pieces (8 MB) in one pass; channels_last: 9.8 MB ghost batches, too
+    # large for one item per thread, so both the forward and the backward run in windows), the
+    # pieces of `per_piece` ghost batches apart.
     gen = torch.Generator().manual_seed(7)
-    shape, vbs = (96, 32, 40, 40), 20
-    x = (torch.randn(shape, generator=gen) * 2 + 3).to(dtype)
-    dy = torch.randn(shape, generator=gen).to(dtype)
+    shape = (96, 32, 40, 40)
+    x = _fmt((torch.randn(shape, generator=gen) * 2 + 3).to(dtype), channels_last)
+    dy = _fmt(torch.randn(shape, generator=gen).to(dtype), channels_last)
     bn = GhostBatchNorm2d(32, virtual_batch_size=vbs)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5, generator=gen)
@@ -429,12 +436,13 @@ def test_large_contiguous_forward_equals_ghost_batches_run_apart(dtype: torch.dt
     xg = x.clone().requires_grad_()
     y = bn(xg)
     y.backward(dy)
-    for start in range(0, shape[0], 2 * vbs):
-        piece = x[start : start + 2 * vbs].clone().requires_grad_()
+    step = per_piece * vbs
+    for start in range(0, shape[0], step):
+        piece = x[start : start + step].clone().requires_grad_()
         yp = bn(piece)
-        yp.backward(dy[start : start + 2 * vbs])
-        assert torch.equal(yp, y[start : start + 2 * vbs])
-        assert torch.equal(piece.grad, xg.grad[start : start + 2 * vbs])
+        yp.backward(dy[start : start + step])
+        assert torch.equal(yp, y[start : start + step])
+        assert torch.equal(piece.grad, xg.grad[start : start + step])
 
 
 def test_bad_input_clear_errors_and_no_mutation() -> None:

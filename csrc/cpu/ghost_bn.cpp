@@ -10,10 +10,12 @@
 // computes dx of each region right after its sums. Channels-last layout: the rows of each ghost
 // batch are cut into blocks of kRowBlockElems / c rows (never crossing a ghost batch); each block
 // sums into its own partial [2, c] buffer, and the partials of a ghost batch are merged in block
-// order; a ghost batch of up to kFusedRowElems elements is one item from its sums to its output (forward
-// and backward). Which of these paths runs (and the region size, and streaming stores) may
-// depend on the shape and the thread count, never the bits: every path performs the same
-// operations in the same order for each (ghost batch, channel) and each element.
+// order; a ghost batch of up to kFusedRowBytes of input is one item from its sums to its output
+// (forward and backward), larger ones go window by window (whole ghost batches, all threads on one
+// window: NOTE: [Ghost batch norm forward windows], [Ghost batch norm backward windows]). Which of
+// these paths runs (and the region size, and streaming stores) may depend on the shape and the
+// thread count, never the bits: every path performs the same operations in the same order for each
+// (ghost batch, channel) and each element.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -51,16 +53,29 @@ constexpr int64_t kMinParallelElems = 1 << 15;
 // bf16): the statistics pass reads whole samples (or 16 planes) in one sequential run.
 constexpr int64_t kRegionRun = 16384;
 constexpr int64_t kRegionItemsPerThread = 4;
-constexpr int64_t kFusedElems = 32768;      // fused contiguous backward and fp32 forward: elements per region
-// Fused channels-last passes (one item per ghost batch, sums then output): largest ghost batch, in
-// elements. Measured on this project's VM (2 threads, cold caches, kernels alone): ghost batches of
-// 0.5M-4M elements, which the earlier 256K limit sent to the separate passes, run 1.05-1.5x faster
-// fused (forward and backward; bf16 N=512 C=32 32x32 vbs=64 1.5x), the second read of a ghost batch
-// coming from the last-level cache instead of memory.
-constexpr int64_t kFusedRowElems = int64_t{1} << 22;
+// Fused contiguous passes (NOTE: [Ghost batch norm fused forward regions], the fused backward):
+// regions read about kFusedRegionBytes of input (x in the forward, x and dy in the backward), the
+// second read of the region coming from the last-level cache. Measured on this project's VM (32 MB
+// L3, 1 MB L2 per core, 2 threads, cold caches, kernels alone, alternating in one process): 8 MB
+// instead of the earlier 32768 elements (128 KB fp32) makes the NCHW backward 1.4-2.5x faster and
+// the forward 1.2-1.4x at N=256 C=64 16x16 and N=512 C=32 32x32 (fp32 and bf16; N=128 C=256 8x8
+// unchanged): a region reads each sample's planes as one sequential run of up to 64 planes
+// instead of runs of 1-4 planes one sample apart, which the hardware prefetchers follow poorly;
+// 16 MB per region measured slower for the fp32 backward (two threads' regions no longer fit in
+// the cache).
+constexpr int64_t kFusedRegionBytes = int64_t{8} << 20;
+// Fused channels-last passes (one item per ghost batch, sums then output): the largest ghost batch,
+// in bytes of input read (x in the forward, x and dy in the backward). Measured on this project's
+// VM (2 threads, cold caches, kernels alone): ghost batches of 0.5M-4M elements, which an earlier
+// 256K-element limit sent to the separate passes, run 1.05-1.5x faster fused (forward and
+// backward; bf16 N=512 C=32 32x32 vbs=64 1.5x), the second read of a ghost batch coming from the
+// last-level cache instead of memory; but the fp32 backward of N=512 C=32 32x32 vbs=64 (16 MB of
+// x and dy per ghost batch, 32 MB for two threads' items: the whole L3) runs 1.15x faster in
+// windows of one ghost batch shared by the threads (NOTE: [Ghost batch norm backward windows]).
+constexpr int64_t kFusedRowBytes = int64_t{8} << 20;
 constexpr int64_t kStreamBytes = int64_t{8} << 20;  // float32 outputs this large use streaming stores
-// Contiguous forward windows (NOTE: [Ghost batch norm forward windows]): inputs above
-// kWindowMinBytes, windows of about kWindowBytes. Measured on this project's VM (32 MB L3, 2
+// Windows (NOTE: [Ghost batch norm forward windows], [Ghost batch norm backward windows]): inputs
+// (x; x and dy) above kWindowMinBytes, windows of about kWindowBytes. Measured on this project's VM (32 MB L3, 2
 // threads, cold caches, kernels alone): fp32 N=512 C=32 32x32 vbs=64 forward 5.5 -> 4.8 ms with
 // 2-8 MB windows; bf16 (its statistics pass is bound by the double sums, not the memory) and
 // inputs that fit in the cache unchanged.
@@ -85,15 +100,19 @@ bool stream_output(const GhostBNShape& sh) {
   return sh.dtype == DType::kFloat32 && sh.n * sh.c * sh.s * dtype_size(sh.dtype) >= kStreamBytes;
 }
 
-// Ghost batches per forward window of the contiguous layout (NOTE: [Ghost batch norm forward
-// windows]): all of them (no windows) when the input is at most kWindowMinBytes, else as many whole
-// ghost batches as fit in kWindowBytes (at least one).
-int64_t window_ghosts(const GhostBNShape& sh) {
+// Bytes of `tensors` inputs (x; x and dy) of one full ghost batch.
+int64_t ghost_bytes(const GhostBNShape& sh, int64_t tensors) {
+  return tensors * (sh.vbs < sh.n ? sh.vbs : sh.n) * sh.c * sh.s * dtype_size(sh.dtype);
+}
+
+// Ghost batches per window (NOTE: [Ghost batch norm forward windows], [Ghost batch norm backward
+// windows]) over `tensors` inputs (x; x and dy): all of them (no windows) when the inputs are at
+// most kWindowMinBytes, else as many whole ghost batches as fit in kWindowBytes (at least one).
+int64_t window_ghosts(const GhostBNShape& sh, int64_t tensors = 1) {
   const int64_t G = sh.num_ghost();
   const int64_t esize = dtype_size(sh.dtype);
-  if (sh.n * sh.c * sh.s * esize <= kWindowMinBytes) return G;
-  const int64_t per_ghost = sh.vbs * sh.c * sh.s * esize;
-  const int64_t wg = kWindowBytes / per_ghost;
+  if (tensors * sh.n * sh.c * sh.s * esize <= kWindowMinBytes) return G;
+  const int64_t wg = kWindowBytes / ghost_bytes(sh, tensors);
   return wg < 1 ? 1 : wg;
 }
 
@@ -179,6 +198,13 @@ int64_t region_channels(const GhostBNShape& sh, int64_t run) {
   if (cb > kMaxRegionChannels) cb = kMaxRegionChannels;
   if (cb > sh.c) cb = sh.c;
   return cb < 1 ? 1 : cb;
+}
+
+// Channels per region of the fused contiguous passes, which read `tensors` inputs of the region
+// (x; x and dy): about kFusedRegionBytes in all.
+int64_t fused_region_channels(const GhostBNShape& sh, int64_t tensors) {
+  const int64_t samples = sh.vbs < sh.n ? sh.vbs : sh.n;
+  return region_channels(sh, kFusedRegionBytes / (tensors * dtype_size(sh.dtype) * samples));
 }
 
 // A region (NOTE: [Ghost batch norm regions]) of the contiguous layout: ghost batch g, channels
@@ -321,11 +347,7 @@ void update_running(int64_t G, int64_t C, const double* mean, const double* m2, 
   for (int64_t g = 0; g < G; ++g) {
     const double m = static_cast<double>(g + 1 < G ? count : count_last);
     const double f = gbn_ema_factor(momentum, num_batches_tracked, g);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = g * C + c;
-      running_mean[c] = gbn_ema(running_mean[c], mean[i], f);
-      running_var[c] = gbn_ema(running_var[c], gbn_unbiased(m2[i], m), f);
-    }
+    gbn_kernels().ema(C, f, m, mean + g * C, m2 + g * C, running_mean, running_var);
   }
 }
 
@@ -356,11 +378,7 @@ void ghost_bn_stats(const GhostBNShape& sh, const void* x, double* mean, double*
         k.stats_rows(at(x, row0 * C, sh.dtype), rows, C, sh.dtype, shift.data() + g * C, a, b);
       });
   for (int64_t g = 0; g < G; ++g) {
-    const double m = static_cast<double>(sh.ghost_count(g));
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = g * C + c;
-      gbn_moments(shift[i], mean[i], m2[i], m, &mean[i], &m2[i]);
-    }
+    k.moments(C, static_cast<double>(sh.ghost_count(g)), shift.data() + g * C, mean + g * C, m2 + g * C);
   }
 }
 
@@ -372,12 +390,11 @@ void ghost_bn_finalize(int64_t G, int64_t C, const double* mean, const double* m
                  "ghost_bn_finalize: running_mean and running_var must both be given or both be null");
   PLAYBOOK_CHECK(count >= 1 && count_last >= 1, "ghost_bn_finalize: counts ", count, ", ", count_last,
                  ", expected >= 1");
+  const GhostBNKernels& k = gbn_kernels();
   for (int64_t g = 0; g < G; ++g) {
-    const double m = static_cast<double>(g + 1 < G ? count : count_last);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = g * C + c;
-      gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
-    }
+    const int64_t i = g * C;
+    k.save_stats(C, static_cast<double>(g + 1 < G ? count : count_last), eps, mean + i, m2 + i, nullptr, nullptr,
+                 save_mean + i, save_mean + G * C + i, save_invstd + i, nullptr, nullptr);
   }
   if (running_mean == nullptr) return;
   update_running(G, C, mean, m2, count, count_last, momentum, num_batches_tracked, running_mean, running_var);
@@ -385,10 +402,11 @@ void ghost_bn_finalize(int64_t G, int64_t C, const double* mean, const double* m
 
 namespace {
 
-// ghost_bn_apply with the choice of streaming stores given (a window of a larger batch streams as
-// the whole batch does).
-void apply_impl(const GhostBNShape& sh, const void* x, void* y, const float* save_mean, const float* save_invstd,
-                const float* weight, const float* bias, int num_threads, bool stream) {
+// ghost_bn_apply with the two halves of the saved mean given apart (hi, lo: [G, C] each; a window
+// of ghost batches points into the whole batch's [2, G, C]) and the choice of streaming stores
+// given (a window of a larger batch streams as the whole batch does).
+void apply_impl(const GhostBNShape& sh, const void* x, void* y, const float* hi, const float* lo,
+                const float* save_invstd, const float* weight, const float* bias, int num_threads, bool stream) {
   const GhostBNKernels& k = gbn_kernels();
   const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
@@ -405,12 +423,12 @@ void apply_impl(const GhostBNShape& sh, const void* x, void* y, const float* sav
       sh, num_threads,
       [&](int64_t p, int64_t count, int64_t g, int64_t c0) {
         const int64_t i = g * C + c0;
-        k.apply_planes(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), count, sh.s, sh.dtype, save_mean + i,
-                       save_mean + G * C + i, alpha.data() + i, beta.data() + i, stream);
+        k.apply_planes(at(x, p * sh.s, sh.dtype), at(y, p * sh.s, sh.dtype), count, sh.s, sh.dtype, hi + i, lo + i,
+                       alpha.data() + i, beta.data() + i, stream);
       },
       [&](int64_t row0, int64_t rows, int64_t g) {
-        k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), rows, C, sh.dtype,
-                     save_mean + g * C, save_mean + (G + g) * C, alpha.data() + g * C, beta.data() + g * C, stream);
+        k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), rows, C, sh.dtype, hi + g * C, lo + g * C,
+                     alpha.data() + g * C, beta.data() + g * C, stream);
       });
 }
 
@@ -421,28 +439,71 @@ void ghost_bn_apply(const GhostBNShape& sh, const void* x, void* y, const float*
   check_ghost_bn_shape(sh);
   PLAYBOOK_CHECK(x != nullptr && y != nullptr && save_mean != nullptr && save_invstd != nullptr,
                  "ghost_bn_apply: null pointer");
-  apply_impl(sh, x, y, save_mean, save_invstd, weight, bias, num_threads, stream_output(sh));
+  const int64_t GC = sh.num_ghost() * sh.c;
+  apply_impl(sh, x, y, save_mean, save_mean + GC, save_invstd, weight, bias, num_threads, stream_output(sh));
 }
 
-void ghost_bn_backward_reduce(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
-                              double* sdy, double* sdyx, int num_threads) {
-  check_ghost_bn_shape(sh);
-  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && sdy != nullptr && sdyx != nullptr,
-                 "ghost_bn_backward_reduce: null pointer");
+namespace {
+
+// ghost_bn_backward_reduce with the two halves of the saved mean given apart (hi, lo: [G, C] each;
+// a window of ghost batches points into the whole batch's [2, G, C]).
+void backward_reduce_impl(const GhostBNShape& sh, const void* dy, const void* x, const float* hi, const float* lo,
+                          double* sdy, double* sdyx, int num_threads) {
   const GhostBNKernels& k = gbn_kernels();
-  const int64_t G = sh.num_ghost();
   const int64_t C = sh.c;
   reduce(
       sh, num_threads, sdy, sdyx,
       [&](int64_t g, int64_t c0, int64_t nc, double* a, double* b) {
         const int64_t off = (g * sh.vbs * C + c0) * sh.s;
         k.bwd_reduce_region(at(dy, off, sh.dtype), at(x, off, sh.dtype), C * sh.s, sh.ghost_samples(g), nc, sh.s,
-                            sh.dtype, save_mean + g * C + c0, save_mean + (G + g) * C + c0, a, b);
+                            sh.dtype, hi + g * C + c0, lo + g * C + c0, a, b);
       },
       [&](int64_t row0, int64_t rows, int64_t g, double* a, double* b) {
-        k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), rows, C, sh.dtype,
-                          save_mean + g * C, save_mean + (G + g) * C, a, b);
+        k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), rows, C, sh.dtype, hi + g * C,
+                          lo + g * C, a, b);
       });
+}
+
+// ghost_bn_backward_apply with hi, lo apart (as backward_reduce_impl) and the choice of streaming
+// stores given (a window streams as the whole batch does).
+void backward_apply_impl(const GhostBNShape& sh, const void* dy, const void* x, const float* hi, const float* lo,
+                         const float* save_invstd, const float* weight, const double* sdy, const double* sdyx,
+                         int64_t count, int64_t count_last, void* dx, int num_threads, bool stream) {
+  const GhostBNKernels& k = gbn_kernels();
+  const int64_t G = sh.num_ghost();
+  const int64_t C = sh.c;
+  std::vector<float> mdy(static_cast<size_t>(G * C));
+  std::vector<float> kk(static_cast<size_t>(G * C));
+  std::vector<float> a(static_cast<size_t>(G * C));
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t i = g * C;
+    k.grad_coefs(C, static_cast<double>(g + 1 < G ? count : count_last), sdy + i, sdyx + i, save_invstd + i, weight,
+                 mdy.data() + i, kk.data() + i, a.data() + i);
+  }
+  elementwise(
+      sh, num_threads,
+      [&](int64_t p, int64_t count, int64_t g, int64_t c0) {
+        const int64_t i = g * C + c0;
+        const int64_t off = p * sh.s;
+        k.bwd_apply_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), count, sh.s, sh.dtype,
+                           hi + i, lo + i, mdy.data() + i, kk.data() + i, a.data() + i, stream);
+      },
+      [&](int64_t row0, int64_t rows, int64_t g) {
+        const int64_t off = row0 * C;
+        k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), rows, C, sh.dtype,
+                         hi + g * C, lo + g * C, mdy.data() + g * C, kk.data() + g * C, a.data() + g * C, stream);
+      });
+}
+
+}  // namespace
+
+void ghost_bn_backward_reduce(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
+                              double* sdy, double* sdyx, int num_threads) {
+  check_ghost_bn_shape(sh);
+  PLAYBOOK_CHECK(dy != nullptr && x != nullptr && save_mean != nullptr && sdy != nullptr && sdyx != nullptr,
+                 "ghost_bn_backward_reduce: null pointer");
+  const int64_t GC = sh.num_ghost() * sh.c;
+  backward_reduce_impl(sh, dy, x, save_mean, save_mean + GC, sdy, sdyx, num_threads);
 }
 
 void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void* x, const float* save_mean,
@@ -453,35 +514,9 @@ void ghost_bn_backward_apply(const GhostBNShape& sh, const void* dy, const void*
   PLAYBOOK_CHECK(dy != nullptr && x != nullptr && dx != nullptr && save_mean != nullptr &&
                      save_invstd != nullptr && sdy != nullptr && sdyx != nullptr && count >= 1 && count_last >= 1,
                  "ghost_bn_backward_apply: null pointer");
-  const GhostBNKernels& k = gbn_kernels();
-  const int64_t G = sh.num_ghost();
-  const int64_t C = sh.c;
-  const bool stream = stream_output(sh);
-  std::vector<float> mdy(static_cast<size_t>(G * C));
-  std::vector<float> kk(static_cast<size_t>(G * C));
-  std::vector<float> a(static_cast<size_t>(G * C));
-  for (int64_t g = 0; g < G; ++g) {
-    const double m = static_cast<double>(g + 1 < G ? count : count_last);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = g * C + c;
-      gbn_grad_coefs(sdy[i], sdyx[i], save_invstd[i], weight != nullptr ? weight[c] : 1.f, m, &mdy[i], &kk[i],
-                     &a[i]);
-    }
-  }
-  elementwise(
-      sh, num_threads,
-      [&](int64_t p, int64_t count, int64_t g, int64_t c0) {
-        const int64_t i = g * C + c0;
-        const int64_t off = p * sh.s;
-        k.bwd_apply_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), count, sh.s, sh.dtype,
-                           save_mean + i, save_mean + G * C + i, mdy.data() + i, kk.data() + i, a.data() + i, stream);
-      },
-      [&](int64_t row0, int64_t rows, int64_t g) {
-        const int64_t off = row0 * C;
-        k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), rows, C, sh.dtype,
-                         save_mean + g * C, save_mean + (G + g) * C, mdy.data() + g * C, kk.data() + g * C,
-                         a.data() + g * C, stream);
-      });
+  const int64_t GC = sh.num_ghost() * sh.c;
+  backward_apply_impl(sh, dy, x, save_mean, save_mean + GC, save_invstd, weight, sdy, sdyx, count, count_last, dx,
+                      num_threads, stream_output(sh));
 }
 
 namespace {
@@ -516,28 +551,26 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
   // right after each region's statistics (NOTE: [Ghost batch norm fused forward regions]; per
   // (ghost batch, channel) it measured 2x slower: its planes sit C*s elements apart, a power of two
   // in the usual shapes, so they alias in the caches), unless there are too few regions per
-  // thread or the input is 16-bit and larger than kWindowMinBytes. Channels-last ghost batches of up to kFusedRowElems elements (with at least two per
+  // thread. Channels-last ghost batches of up to kFusedRowBytes of x (with at least two per
   // thread) are normalized right after their statistics: 1d (4096, 1024) about 1.2x faster
-  // forward. Otherwise two passes (statistics, then output), in windows for large inputs.
+  // forward. Otherwise two passes (statistics, then output), in windows for large inputs (either
+  // layout).
   const int threads = threads_for(sh, num_threads);
-  const int64_t fused_elems = sh.dtype == DType::kFloat32 ? kFusedElems : 4 * kFusedElems;
-  const int64_t fcb = region_channels(sh, fused_elems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+  const int64_t fcb = fused_region_channels(sh, 1);
   const int64_t fblocks = (C + fcb - 1) / fcb;
-  const bool fits_window = sh.n * C * sh.s * dtype_size(sh.dtype) <= kWindowMinBytes;
-  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads &&
-      (sh.dtype == DType::kFloat32 || fits_window)) {
+  if (!sh.channels_last && G * fblocks >= kRegionItemsPerThread * threads) {
     // NOTE: [Ghost batch norm fused forward regions]: one item per region (ghost batch x block of
-    // channels: about kFusedElems elements for fp32 input, 4x that for 16-bit input) from its sums
-    // (the same regions, shifts and per-channel order as ghost_bn_stats) through its saved
-    // statistics (as ghost_bn_finalize) to its output (as ghost_bn_apply), the second read of x
-    // coming from the cache: the same bits as the three passes. Measured on this project's VM
-    // (forward kernel alone, 2 threads, cold caches, alternating with the passes below in one
-    // process, loaded machine): fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows,
-    // N=128 C=256 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; bf16 N=256 about 1.1x,
-    // N=128 unchanged, and above kWindowMinBytes (N=512) slower than the windows, which 16-bit
-    // input keeps there. Smaller 16-bit regions (32768 elements) measured slower. With fewer
-    // items than kRegionItemsPerThread per thread (one ghost batch and few channels) the passes
-    // below keep both threads busy.
+    // channels reading about kFusedRegionBytes of x) from its sums (the same shifts and
+    // per-channel order as ghost_bn_stats) through its saved statistics (as ghost_bn_finalize) to
+    // its output (as ghost_bn_apply), the second read of x coming from the cache: the same bits as
+    // the three passes. Measured on this project's VM (forward kernel alone, 2 threads, cold
+    // caches, alternating with the passes below in one process): with regions of 32768 elements
+    // (128 KB fp32), fp32 N=512 C=32 32x32 vbs=64 1.6-1.9x faster than the windows, N=128 C=256
+    // 8x8 vbs=16 1.3-1.5x, N=256 C=64 16x16 vbs=32 unchanged; the regions of kFusedRegionBytes
+    // are 1.2-1.4x faster again at N=256 and N=512, now also for 16-bit input above
+    // kWindowMinBytes (bf16 N=512: 3.9 -> 3.1 ms), which the small regions ran slower than the
+    // windows. With fewer items than kRegionItemsPerThread per thread (one ghost batch and few
+    // channels) the passes below keep both threads busy.
     const GhostBNKernels& k = gbn_kernels();
     for_each_region(sh, fcb, threads, [&](const Region& r) {
       const auto [g, c0, nc, first, planes, i0] = r;
@@ -546,13 +579,10 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
       k.stats_region(at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype, shift, mean + i0, m2 + i0);
       const double m = static_cast<double>(planes * sh.s);
       float alpha[kMaxRegionChannels], beta[kMaxRegionChannels];
-      for (int64_t j = 0; j < nc; ++j) {
-        const int64_t i = i0 + j;
-        gbn_moments(shift[j], mean[i], m2[i], m, &mean[i], &m2[i]);
-        gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
-        alpha[j] = weight != nullptr ? save_invstd[i] * weight[c0 + j] : save_invstd[i];
-        beta[j] = bias != nullptr ? bias[c0 + j] : 0.f;
-      }
+      k.moments(nc, m, shift, mean + i0, m2 + i0);
+      k.save_stats(nc, m, eps, mean + i0, m2 + i0, weight != nullptr ? weight + c0 : nullptr,
+                   bias != nullptr ? bias + c0 : nullptr, save_mean + i0, save_mean + G * C + i0, save_invstd + i0, alpha,
+                   beta);
       for (int64_t p = 0; p < planes; ++p) {
         const int64_t off = first + p * C * sh.s;
         k.apply_planes(at(x, off, sh.dtype), at(y, off, sh.dtype), nc, sh.s, sh.dtype, save_mean + i0,
@@ -566,36 +596,30 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     }
     return;
   }
+  const bool rows_fused = sh.channels_last && G >= 2 * threads && ghost_bytes(sh, 1) <= kFusedRowBytes;
   const int64_t wg = window_ghosts(sh);
-  if (!sh.channels_last && wg < G) {
-    // NOTE: [Ghost batch norm forward windows]: a contiguous input larger than the last-level
-    // cache is normalized window by window (whole ghost batches, about kWindowBytes of input), the
+  if (!rows_fused && wg < G) {
+    // NOTE: [Ghost batch norm forward windows]: an input larger than the last-level cache is
+    // normalized window by window (whole ghost batches, about kWindowBytes of input), the
     // window's statistics, saved statistics and output in turn, so that the second read of x comes
     // from the cache. A window is the same computation on a smaller batch of whole ghost batches
     // (the same regions, shifts and sums per (ghost batch, channel), the same per-element
     // normalization): the same bits as the three passes over the whole batch.
-    const bool stream = stream_output(sh);
-    std::vector<float> wsave(static_cast<size_t>(3 * wg * C));
+    const GhostBNKernels& k = gbn_kernels();
     for (int64_t g0 = 0; g0 < G; g0 += wg) {
       const int64_t gw = G - g0 < wg ? G - g0 : wg;
       GhostBNShape sub = sh;
       sub.n = (g0 + gw) * sh.vbs < sh.n ? gw * sh.vbs : sh.n - g0 * sh.vbs;
       const int64_t off = g0 * sh.vbs * C * sh.s;
       ghost_bn_stats(sub, at(x, off, sh.dtype), mean + g0 * C, m2 + g0 * C, num_threads);
-      float* hi = wsave.data();
-      float* lo = hi + gw * C;
-      float* inv = lo + gw * C;
+      const int64_t i0 = g0 * C;
       for (int64_t g = 0; g < gw; ++g) {
-        const double m = static_cast<double>(sub.ghost_count(g));
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = (g0 + g) * C + c;
-          gbn_save(mean[i], m2[i], m, eps, &hi[g * C + c], &lo[g * C + c], &inv[g * C + c]);
-          save_mean[i] = hi[g * C + c];
-          save_mean[G * C + i] = lo[g * C + c];
-          save_invstd[i] = inv[g * C + c];
-        }
+        const int64_t i = i0 + g * C;
+        k.save_stats(C, static_cast<double>(sub.ghost_count(g)), eps, mean + i, m2 + i, nullptr, nullptr, save_mean + i,
+                     save_mean + G * C + i, save_invstd + i, nullptr, nullptr);
       }
-      apply_impl(sub, at(x, off, sh.dtype), at(y, off, sh.dtype), hi, inv, weight, bias, num_threads, stream);
+      apply_impl(sub, at(x, off, sh.dtype), at(y, off, sh.dtype), save_mean + i0, save_mean + G * C + i0,
+                 save_invstd + i0, weight, bias, num_threads, stream);
     }
     if (running_mean != nullptr) {
       update_running(G, C, mean, m2, sh.ghost_count(0), sh.ghost_count(G - 1), momentum, num_batches_tracked,
@@ -603,7 +627,7 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
     }
     return;
   }
-  if (!sh.channels_last || sh.ghost_count(0) * C > kFusedRowElems || G < 2 * threads) {
+  if (!rows_fused) {
     ghost_bn_stats(sh, x, mean, m2, num_threads);
     ghost_bn_finalize(G, C, mean, m2, sh.ghost_count(0), sh.ghost_count(G - 1), eps, momentum, num_batches_tracked,
                       running_mean, running_var, save_mean, save_invstd);
@@ -626,13 +650,10 @@ void ghost_bn_forward_train(const GhostBNShape& sh, const void* x, void* y, cons
       k.stats_rows(at(x, row0 * C, sh.dtype), nrows, C, sh.dtype, shift, pa, pb);
     });
     const double m = static_cast<double>(sh.ghost_count(g));
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = g * C + c;
-      gbn_moments(shift[c], mean[i], m2[i], m, &mean[i], &m2[i]);
-      gbn_save(mean[i], m2[i], m, eps, &save_mean[i], &save_mean[G * C + i], &save_invstd[i]);
-      alpha[c] = weight != nullptr ? save_invstd[i] * weight[c] : save_invstd[i];
-      beta[c] = bias != nullptr ? bias[c] : 0.f;
-    }
+    const int64_t i = g * C;
+    k.moments(C, m, shift, mean + i, m2 + i);
+    k.save_stats(C, m, eps, mean + i, m2 + i, weight, bias, save_mean + i, save_mean + G * C + i, save_invstd + i, alpha,
+                 beta);
     const int64_t row0 = g * sh.vbs * sh.s;
     k.apply_rows(at(x, row0 * C, sh.dtype), at(y, row0 * C, sh.dtype), sh.ghost_samples(g) * sh.s, C, sh.dtype,
                  save_mean + g * C, save_mean + (G + g) * C, alpha, beta, stream);
@@ -657,7 +678,7 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
   own_pair_if_null(&scratch, G * C, &sdy, &sdyx);
   const bool stream = stream_output(sh);
   const int threads = threads_for(sh, num_threads);
-  if (sh.channels_last && dx != nullptr && sh.ghost_count(0) * C <= kFusedRowElems && G >= 2 * threads) {
+  if (sh.channels_last && dx != nullptr && G >= 2 * threads && ghost_bytes(sh, 2) <= kFusedRowBytes) {
     // One item per cached ghost batch (as in the forward): its row blocks summed and merged
     // exactly as ghost_bn_backward_reduce does, then dx as ghost_bn_backward_apply (the same bits).
     const GhostBNKernels& k = gbn_kernels();
@@ -674,36 +695,46 @@ void ghost_bn_backward_train(const GhostBNShape& sh, const void* dy, const void*
       sum_ghost_rows(sh, blocks, g, pa, pb, sdy + g * C, sdyx + g * C, [&](int64_t row0, int64_t nrows) {
         k.bwd_reduce_rows(at(dy, row0 * C, sh.dtype), at(x, row0 * C, sh.dtype), nrows, C, sh.dtype, hi, lo, pa, pb);
       });
-      const double m = static_cast<double>(sh.ghost_count(g));
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = g * C + c;
-        gbn_grad_coefs(sdy[i], sdyx[i], save_invstd[i], weight != nullptr ? weight[c] : 1.f, m, &mdy[c], &kk[c], &a[c]);
-      }
+      const int64_t i = g * C;
+      k.grad_coefs(C, static_cast<double>(sh.ghost_count(g)), sdy + i, sdyx + i, save_invstd + i, weight, mdy, kk, a);
       const int64_t off = g * sh.vbs * sh.s * C;
       k.bwd_apply_rows(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), sh.ghost_samples(g) * sh.s,
                        C, sh.dtype, hi, lo, mdy, kk, a, stream);
       if (stream) k.fence();
     });
-  } else if (sh.channels_last || dx == nullptr) {
-    ghost_bn_backward_reduce(sh, dy, x, save_mean, sdy, sdyx, num_threads);
-    if (dx != nullptr) {
-      ghost_bn_backward_apply(sh, dy, x, save_mean, save_invstd, weight, sdy, sdyx, sh.ghost_count(0),
-                              sh.ghost_count(G - 1), dx, num_threads);
+  } else if (dx == nullptr) {
+    backward_reduce_impl(sh, dy, x, save_mean, save_mean + G * C, sdy, sdyx, num_threads);
+  } else if (sh.channels_last) {
+    // NOTE: [Ghost batch norm backward windows]: the sums of a window of whole ghost batches (about
+    // kWindowBytes of x and dy, at least one ghost batch), then its dx, all threads on one window,
+    // so that the second read of x and dy comes from the cache; the same blocks, sums and
+    // per-element operations as the two passes over the whole batch (the same bits).
+    const int64_t wg = window_ghosts(sh, 2);
+    for (int64_t g0 = 0; g0 < G; g0 += wg) {
+      const int64_t gw = G - g0 < wg ? G - g0 : wg;
+      GhostBNShape sub = sh;
+      sub.n = (g0 + gw) * sh.vbs < sh.n ? gw * sh.vbs : sh.n - g0 * sh.vbs;
+      const int64_t off = g0 * sh.vbs * C * sh.s;
+      const int64_t i0 = g0 * C;
+      backward_reduce_impl(sub, at(dy, off, sh.dtype), at(x, off, sh.dtype), save_mean + i0, save_mean + G * C + i0,
+                           sdy + i0, sdyx + i0, num_threads);
+      backward_apply_impl(sub, at(dy, off, sh.dtype), at(x, off, sh.dtype), save_mean + i0, save_mean + G * C + i0,
+                          save_invstd + i0, weight, sdy + i0, sdyx + i0, sub.ghost_count(0), sub.ghost_count(gw - 1),
+                          at(dx, off, sh.dtype), num_threads, stream);
     }
   } else {
-    // One item per region (g, channels [c0, c0 + nc)): its sums, then dx over the same region
-    // while it is still in the cache (NOTE: [Ghost batch norm regions]).
+    // One item per region (g, channels [c0, c0 + nc), reading about kFusedRegionBytes of x and
+    // dy): its sums, then dx over the same region while it is still in the cache (NOTE: [Ghost
+    // batch norm regions]).
     const GhostBNKernels& k = gbn_kernels();
-    const int64_t cb = region_channels(sh, kFusedElems / (sh.vbs < sh.n ? sh.vbs : sh.n));
+    const int64_t cb = fused_region_channels(sh, 2);
     for_each_region(sh, cb, threads, [&](const Region& r) {
       const auto [g, c0, nc, first, planes, i0] = r;
       k.bwd_reduce_region(at(dy, first, sh.dtype), at(x, first, sh.dtype), C * sh.s, planes, nc, sh.s, sh.dtype,
                           save_mean + i0, save_mean + G * C + i0, sdy + i0, sdyx + i0);
       float mdy[kMaxRegionChannels], kk[kMaxRegionChannels], a[kMaxRegionChannels];
-      for (int64_t j = 0; j < nc; ++j) {
-        gbn_grad_coefs(sdy[i0 + j], sdyx[i0 + j], save_invstd[i0 + j], weight != nullptr ? weight[c0 + j] : 1.f,
-                       static_cast<double>(planes * sh.s), &mdy[j], &kk[j], &a[j]);
-      }
+      k.grad_coefs(nc, static_cast<double>(planes * sh.s), sdy + i0, sdyx + i0, save_invstd + i0,
+                   weight != nullptr ? weight + c0 : nullptr, mdy, kk, a);
       for (int64_t p = 0; p < planes; ++p) {
         const int64_t off = first + p * C * sh.s;
         k.bwd_apply_planes(at(dy, off, sh.dtype), at(x, off, sh.dtype), at(dx, off, sh.dtype), nc, sh.s, sh.dtype,

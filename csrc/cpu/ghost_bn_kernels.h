@@ -51,6 +51,21 @@ struct GhostBNKernels {
                          const float* k, const float* a, bool stream);
   // Orders the streaming stores of this thread (sfence) before the work item completes.
   void (*fence)();
+  // The per-(ghost batch, channel) formulas of playbook/ghost_bn_math.h over channels j < n of one
+  // ghost batch of m elements, vectorized where the level allows with the same bits (NOTE: [Ghost
+  // batch norm vector finalization] in ghost_bn_kernel.cpp).
+  // gbn_moments: the shifted sums s1, s2 become mean, m2 in place.
+  void (*moments)(int64_t n, double m, const double* shift, double* s1, double* s2);
+  // gbn_save into hi, lo, invstd; when alpha is not null also alpha = invstd * weight (weight null:
+  // invstd) and beta = bias (bias null: 0).
+  void (*save_stats)(int64_t n, double m, double eps, const double* mean, const double* m2, const float* weight,
+                     const float* bias, float* hi, float* lo, float* invstd, float* alpha, float* beta);
+  // gbn_grad_coefs (weight null: 1).
+  void (*grad_coefs)(int64_t n, double m, const double* sdy, const double* sdyx, const float* invstd,
+                     const float* weight, float* mdy, float* k, float* a);
+  // The running-stat EMA of one ghost batch with factor f (gbn_ema, gbn_unbiased).
+  void (*ema)(int64_t n, double f, double m, const double* mean, const double* m2, float* running_mean,
+              float* running_var);
 };
 
 #define PLAYBOOK_DECLARE_GHOST_BN_KERNELS(isa) \

@@ -114,8 +114,9 @@ void ghost_bn_forward_train(const GhostBNShape& shape, const void* x, void* y, c
 
 // Single-process backward in one call: sums, dx (when dx is not null) and the parameter grads
 // (when not null). Contiguous layout, and channels-last ghost batches that fit in the cache: each
-// work item computes dx right after its sums (measured faster than two passes; NOTE: [Ghost batch
-// norm work split] in csrc/cpu/ghost_bn.cpp). sdy/sdyx are [G, C] double scratch, allocated here
+// work item computes dx right after its sums (measured faster than two passes); larger
+// channels-last ghost batches go in windows (NOTE: [Ghost batch norm work split] in
+// csrc/cpu/ghost_bn.cpp). sdy/sdyx are [G, C] double scratch, allocated here
 // when null.
 void ghost_bn_backward_train(const GhostBNShape& shape, const void* dy, const void* x,
                              const float* save_mean, const float* save_invstd, const float* weight,
