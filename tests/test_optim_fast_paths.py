@@ -43,6 +43,19 @@ def _run(level, threads, build, steps):
         _C.set_simd_level("auto")
 
 
+def _assert_same_bits_on_1_and_2_threads_and_close_to_torch(build):
+    """build(_) -> (playbook's params, torch.optim's params) after the same steps: playbook's are the
+    same bits on one and two threads, and torch's trajectory within float32 rounding."""
+    threads = torch.get_num_threads()
+    try:
+        (one, ref), (two, _) = _run("auto", 1, build, 0), _run("auto", 2, build, 0)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, r in zip(one, two, ref):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
 def _adam_bf16(steps, amsgrad=False, nonfinite=False):
     gen = torch.Generator().manual_seed(11)
     sizes = (1, 15, 16, 17, 1000, 16384 + 33, 600_001)  # tails, a chunk edge, > 512K (threads)
@@ -261,14 +274,7 @@ def test_200k_params_in_400_tensors_bitwise_across_threads_and_like_torch():
             topt.step()
         return [p.detach().clone() for p in ours], [q.detach().clone() for q in ref]
 
-    threads = torch.get_num_threads()
-    try:
-        (one, ref), (two, _) = _run("auto", 1, build, 0), _run("auto", 2, build, 0)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, r in zip(one, two, ref):
-        assert torch.equal(a, b)
-        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    _assert_same_bits_on_1_and_2_threads_and_close_to_torch(build)
 
 
 def _step_pointers(raw: bool = True):
@@ -566,14 +572,7 @@ def test_cached_chunk_schedule_steps_with_every_grad_some_grads_and_every_grad_a
             topt.step()
         return [p.detach().clone() for p in ours], [q.detach().clone() for q in ref]
 
-    threads = torch.get_num_threads()
-    try:
-        (one, ref), (two, _) = _run("auto", 1, build, 0), _run("auto", 2, build, 0)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, r in zip(one, two, ref):
-        assert torch.equal(a, b)
-        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    _assert_same_bits_on_1_and_2_threads_and_close_to_torch(build)
 
 
 def test_bf16_params_in_the_denormal_range_and_nan_round_like_torch_at_every_level():
