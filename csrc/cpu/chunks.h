@@ -71,9 +71,9 @@ inline std::vector<ChunkRange> pack_chunks(const std::vector<Chunk>& chunks) {
 }
 
 // NOTE: [Cached chunk schedule]
-// A step over a tensor list first cuts it into chunks and packs them into work items; for 400
-// small tensors that bookkeeping costs about what the kernels of a 200K-element step cost on one
-// core's worth of cache misses and allocations (~4 us). It depends only on the numels, which a
+// A step over a tensor list first cuts it into chunks and packs them into work items, for the norm
+// and again for the update: for 400 small tensors, vectors grown element by element on every step.
+// It depends only on the numels, which a
 // plan (csrc/bindings.cpp) fixes for its lifetime, so a plan builds the schedule of its params once
 // (chunk_schedule) and passes it with every step in which all its params have a grad. The
 // drivers check that a schedule they are given was built for the same numels, and build one
