@@ -120,6 +120,10 @@ def _check_lr(lr: Any) -> None:
 
 
 def _check_beta(betas: Any) -> tuple[float, float]:
+    if type(betas) is tuple and len(betas) == 2:  # what this function returned before: once per step
+        b1, b2 = betas
+        if type(b1) is float and type(b2) is float and 0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0:
+            return betas
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r}, expected a pair (beta1, beta2)")
     out = []
@@ -608,6 +612,8 @@ class FusedOptimizer(Optimizer):
         on another device is copied to the primary and written back after the finalize (stream
         ordered between CUDA devices; synchronous for a CPU flag with CUDA params).
         """
+        if found_inf is None and len(devices) == 1:
+            return devices[0]
         if found_inf is not None and found_inf.device.type == "cuda" and found_inf.device in devices:
             return found_inf.device
         return next((d for d in devices if d.type == "cuda"), devices[0])
@@ -740,8 +746,10 @@ class FusedOptimizer(Optimizer):
         # 1. Sum of squares per device, over every grad of the optimizer: on the CPU while the grad
         #    pointers are being collected when every plan is current (NOTE: [Streamed sum of
         #    squares] in csrc/cpu/norm.cpp), else after collecting them (and building plans).
-        if any(self._needs_build(gi, group) for gi, group in enumerate(self.param_groups)):
-            streamed = None
+        streamed = None
+        for gi, group in enumerate(self.param_groups):
+            if self._needs_build(gi, group):
+                break
         else:
             streamed = self._streamed_sumsq(threads)
         if streamed is None:
