@@ -42,7 +42,9 @@ def hang_once(marker_dir: str, index: int, trial: Trial) -> None:
     marker = Path(marker_dir)
     if trial.index == index and not (marker / "killed").exists():
         trial.report(0, val_error=1.0)
-        (marker / f"pid-{trial.index}").write_text(str(os.getpid()))
+        tmp = marker / f".pid-{trial.index}.tmp"  # whole or absent: the test reads it as soon as it exists
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, marker / f"pid-{trial.index}")
         time.sleep(120)
     trial.report(1, val_error=trial.params["lr"])
 

@@ -84,7 +84,9 @@ def hang_on_first_attempt(marker_dir: str, index: int, trial: Trial) -> None:
     """Trial ``index`` hangs (until killed) the first time it runs; the others are fast."""
     marker = Path(marker_dir)
     if trial.index == index and not (marker / "killed").exists():
-        (marker / f"pid-{trial.index}").write_text(str(os.getpid()))
+        tmp = marker / f".pid-{trial.index}.tmp"  # whole or absent: the test reads it as soon as it exists
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, marker / f"pid-{trial.index}")
         time.sleep(60)
     trial.report(0, val_error=float(trial.index))
 
